@@ -1,0 +1,197 @@
+"""Typed configuration with named presets.
+
+One `Config` (model + training + evaluation) is saved inside every checkpoint, so evaluation
+and export rebuild the exact network from the checkpoint alone. Overrides are strict:
+an unknown key or a value of the wrong type is an error, never silently ignored.
+
+Presets:
+- ``tiny``: seconds on a laptop, for tests (works on ML-100K or synthetic data);
+- ``fast``: a few minutes on 2 CPU cores, for the demo;
+- ``default``: the real MovieLens-1M run (fits the 60-minute CPU budget with room to spare).
+
+Ablations are switches on the same config (see ``VARIANTS``), so every results row is trained
+and evaluated by the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64          # width of item embeddings, tokens and the MIPS user/item vectors
+    n_layers: int = 2          # Generator Transformer blocks (paper: 4; 2 fits a 2-core CPU)
+    n_heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.2
+    max_history: int = 64      # L_s: recent behaviour window seen by the Generator (paper: 64)
+    ranker_history: int = 256  # long history cap for the Ranker (paper: up to 1000)
+    high_rating: int = 4       # ratings >= this form the "high rating" sub-sequence of U
+    tau: float = 1.0           # InfoNCE temperature (plain dot-product logits; see README)
+    # Which parts exist. Variants switch these (see VARIANTS below).
+    query_token: bool = True   # personalised query token U (False: SASRec-style last hidden state)
+    aux_tokens: bool = True    # training-only target-aware auxiliary tokens (L_SA-info)
+    ranker: bool = True        # second-stage Ranker (L_CA-info)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0
+    warmup_steps: int = 100
+    loss_weights: tuple = (1.0, 1.0, 1.0)  # (L_NTP, L_SA-info, L_CA-info)
+    ntp_positions: int = 16     # window slots supervised by L_NTP per step (newest always)
+    aux_negatives: int = 31     # in-batch negatives per user for the auxiliary tokens
+    ranker_hard: int = 32       # Ranker negatives taken from the Generator's own top list
+    ranker_hard_pool: int = 200  # ...sampled from this many of its top candidates
+    ranker_random: int = 16     # plus uniform random negatives
+    eval_every: int = 3         # epochs between validation passes (best epoch is kept)
+    max_users: int = 0          # 0: all users; >0 limits users (tests)
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple = (10, 50, 200)
+    k1: int = 500               # MIPS candidates passed to the Ranker (paper: 2000 of millions)
+    k2: int = 200               # items returned by the Ranker (must be >= max(ks))
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    dataset: str = "ml-1m"
+    variant: str = "grank"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        sub = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+        kwargs = {}
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            v = d.pop(f.name)
+            kwargs[f.name] = _build(sub[f.name], v) if f.name in sub else v
+        if d:
+            raise ValueError(f"unknown config keys: {sorted(d)}")
+        return cls(**kwargs)
+
+
+def _build(cls, values: dict):
+    names = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(getattr(cls(), k), tuple) else v for k, v in values.items()})
+
+
+# Ablation rows of the paper plus the SASRec-style baseline: switches on one model.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "grank": dict(query_token=True, aux_tokens=True, ranker=True),
+    "generator_only": dict(query_token=True, aux_tokens=False, ranker=False),
+    "generator_ranker_no_aux": dict(query_token=True, aux_tokens=False, ranker=True),
+    "generator_aux": dict(query_token=True, aux_tokens=True, ranker=False),
+    "sasrec": dict(query_token=False, aux_tokens=False, ranker=False),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "dataset": "ml-100k",
+        "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 1, "model.max_history": 16,
+        "model.ranker_history": 32, "model.dropout": 0.0,
+        "train.epochs": 2, "train.batch_size": 64, "train.ntp_positions": 8, "train.aux_negatives": 7,
+        "train.ranker_hard": 8, "train.ranker_hard_pool": 32, "train.ranker_random": 4,
+        "train.eval_every": 1, "train.max_users": 200, "train.warmup_steps": 5,
+        "eval.k1": 50, "eval.k2": 20, "eval.ks": (5, 10, 20),
+    },
+    "fast": {"train.epochs": 3, "train.eval_every": 3, "train.max_users": 0},
+    "default": {},
+}
+
+
+def _coerce(current: Any, value: Any, key: str) -> Any:
+    """Parse a CLI string (or accept a Python value) into the type of the current value."""
+    typ = type(current)
+    if isinstance(value, str) and typ is not str:
+        if typ is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key}: expected a boolean (true/false), got {value!r}")
+            return value.lower() in ("true", "1")
+        if typ is tuple:
+            parts = [p for p in value.replace(" ", "").split(",") if p]
+            elem = type(current[0]) if current else float
+            return tuple(elem(p) for p in parts)
+        try:
+            return typ(value)
+        except ValueError as e:
+            raise ValueError(f"{key}: expected {typ.__name__}, got {value!r}") from e
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with dotted-key overrides (``"model.d_model": 32``) applied."""
+    cfg = Config.from_dict(cfg.to_dict())
+    for key, value in overrides.items():
+        parts = key.split(".")
+        obj = cfg
+        for p in parts[:-1]:
+            if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+                raise ValueError(f"unknown config section in {key!r}")
+            obj = getattr(obj, p)
+        name = parts[-1]
+        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in fields(obj)}:
+            raise ValueError(f"unknown config key {key!r}")
+        setattr(obj, name, _coerce(getattr(obj, name), value, key))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"variant: must be one of {sorted(VARIANTS)}, got {cfg.variant!r}")
+    if m.d_model % m.n_heads:
+        raise ValueError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
+    if e.k2 > e.k1:
+        raise ValueError(f"eval.k2 ({e.k2}) must be <= eval.k1 ({e.k1})")
+    if max(e.ks) > e.k2:
+        raise ValueError(f"eval.ks max ({max(e.ks)}) must be <= eval.k2 ({e.k2})")
+    if len(t.loss_weights) != 3:
+        raise ValueError("train.loss_weights: expected three weights (NTP, SA-info, CA-info)")
+    if m.aux_tokens and not m.query_token:
+        raise ValueError("model.aux_tokens needs model.query_token (they share the decomposed attention)")
+    for name in ("max_history", "ranker_history", "d_model", "n_layers"):
+        if getattr(m, name) < 1:
+            raise ValueError(f"model.{name} must be >= 1")
+
+
+def make_config(preset: str = "default", variant: str = "grank", seed: int = 0,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Build a config from a preset name, a variant (results row) and dotted overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: must be one of {sorted(PRESETS)}, got {preset!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: must be one of {sorted(VARIANTS)}, got {variant!r}")
+    merged = dict(PRESETS[preset])
+    merged.update({f"model.{k}": v for k, v in VARIANTS[variant].items()})
+    merged.update(overrides or {})
+    cfg = Config(variant=variant, seed=seed)
+    return apply_overrides(cfg, merged)

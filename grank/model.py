@@ -1,0 +1,101 @@
+"""The GRank network: shared item tower + Generator + Ranker, and its inference graphs.
+
+Training code (losses, negatives) lives in ``train.py``; this module holds only what is served:
+- ``item_vectors()``: [N+1, d] precomputed item vectors (row 0 = padding), shared by the
+  Generator's inputs, the MIPS table and the Ranker's candidates;
+- ``encode_users(...)``: history + profile -> user vector [B, d] (the U output);
+- ``rank(...)``: user vector + history + candidate ids -> scores [B, C].
+MIPS score = <user_vector, item_vector> / tau (a plain inner product; tau only scales).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .data import N_YEAR_BUCKETS
+from .generator import Generator
+from .ranker import Ranker
+
+
+class ItemTower(nn.Module):
+    """Item vector = id embedding + genre projection (mean over genres) + release-year bucket."""
+
+    def __init__(self, n_items: int, d: int, genres, years):
+        super().__init__()
+        self.id = nn.Embedding(n_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.id.weight, std=0.05)
+        self.genre = nn.Linear(genres.shape[1], d, bias=False)
+        self.year = nn.Embedding(N_YEAR_BUCKETS, d)
+        g = torch.as_tensor(genres, dtype=torch.float32)
+        self.register_buffer("genres", g / g.sum(1, keepdim=True).clamp(min=1.0), persistent=True)
+        self.register_buffer("years", torch.as_tensor(years, dtype=torch.long), persistent=True)
+
+    def forward(self) -> torch.Tensor:
+        table = self.id.weight + self.genre(self.genres) + self.year(self.years)
+        return torch.cat([torch.zeros_like(table[:1]), table[1:]])  # padding row is exactly 0
+
+
+def prefix_means(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Running mean over the slots: emb [B, R, d], mask [B, R] bool -> [B, R, d] where row j
+    is the mean of the masked vectors in slots 0..j (0 where there are none)."""
+    w = mask.to(emb.dtype)
+    s = (emb * w[..., None]).cumsum(1)
+    n = w.cumsum(1).clamp(min=1.0)
+    return s / n[..., None]
+
+
+class GRank(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_items: int, user_feat_sizes: tuple, genres, years):
+        super().__init__()
+        if cfg.ranker_history < cfg.max_history:
+            raise ValueError("model.ranker_history must be >= model.max_history "
+                             "(the Generator window is the tail of the long history)")
+        self.cfg = cfg
+        self.n_items = n_items
+        self.items = ItemTower(n_items, cfg.d_model, genres, years)
+        self.generator = Generator(cfg, user_feat_sizes)
+        self.ranker = Ranker(cfg) if cfg.ranker else None
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items()
+
+    def history_inputs(self, table, hist_ids, hist_ratings):
+        """Common preprocessing of a long history [B, R] (left padded with 0).
+        Returns (emb [B, R, d], pad [B, R], pool_all [B, R, d], pool_high [B, R, d])."""
+        emb = F.embedding(hist_ids, table)
+        pad = hist_ids == 0
+        if not self.cfg.query_token:
+            return emb, pad, None, None
+        pool_all = prefix_means(emb, ~pad)
+        pool_high = prefix_means(emb, hist_ratings >= self.cfg.high_rating)
+        return emb, pad, pool_all, pool_high
+
+    def encode_users(self, hist_ids, hist_ratings, user_feats, table=None):
+        """hist_ids: [B, R] int64 (dense ids, newest last, left padded with 0); hist_ratings:
+        [B, R] int64 in 0..5; user_feats: [B, 4] int64. Returns user vectors [B, d] float32."""
+        table = self.item_vectors() if table is None else table
+        L = self.cfg.max_history
+        emb, pad, pool_all, pool_high = self.history_inputs(table, hist_ids, hist_ratings)
+        g = self.generator
+        h = g.history_tokens(emb[:, -L:], hist_ratings[:, -L:])
+        if not self.cfg.query_token:
+            h_out, _ = g.run(h, pad[:, -L:])
+            return h_out[:, -1]
+        x = g.query_tokens(user_feats, pool_all[:, -1:], pool_high[:, -1:])
+        vis = torch.ones(1, 1, L, dtype=torch.bool, device=h.device)
+        _, x_out = g.run(h, pad[:, -L:], x, vis)
+        return x_out[:, 0]
+
+    def rank(self, user_vec, hist_ids, hist_ratings, cand_ids, table=None):
+        """user_vec: [B, d]; hist_ids/hist_ratings: [B, R]; cand_ids: [B, C] int64 ->
+        scores [B, C]. Without a Ranker (ablations) the MIPS score is returned."""
+        table = self.item_vectors() if table is None else table
+        cand = F.embedding(cand_ids, table)
+        if self.ranker is None:
+            return (user_vec[:, None, :] * cand).sum(-1) / self.cfg.tau
+        R = self.cfg.ranker_history
+        hist_ids, hist_ratings = hist_ids[:, -R:], hist_ratings[:, -R:]
+        return self.ranker(user_vec, cand, F.embedding(hist_ids, table), hist_ratings,
+                           hist_ids == 0)

@@ -1,0 +1,123 @@
+"""The results table: train (or reuse) every row, evaluate it, write docs/results.json + RESULTS.md.
+
+Rows: ``grank`` and the paper's ablations, the SASRec-style baseline and popularity, all
+trained and evaluated by the same code and protocol (see ``evaluate.py``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import VARIANTS, make_config
+from .data import load, split as make_split
+from .evaluate import evaluate_model, evaluate_popularity
+from .train import load_checkpoint, machine, train
+
+ROWS = ("grank", "generator_only", "generator_ranker_no_aux", "generator_aux", "sasrec", "popularity")
+ANCHORS = [  # Zhai et al. 2024 (HSTU), Table 4, ML-1M, full ranking: published, not ours
+    {"model": "SASRec (published)", "HR@10": 0.2853, "NDCG@10": 0.1603},
+    {"model": "HSTU (published)", "HR@10": 0.3097, "NDCG@10": 0.1720},
+    {"model": "HSTU-large (published)", "HR@10": 0.3294, "NDCG@10": 0.1893},
+]
+PROTOCOL = ("MovieLens-1M, chronological leave-last-out per user (ties in timestamp broken by "
+            "file order); the last item of each of the 6,040 users is ranked against the full "
+            "catalogue of 3,706 items; items already in the user's history are excluded "
+            "(filtered; the unfiltered variant is reported alongside); HR@K = Recall@K with one "
+            "held-out item; NDCG@K = 1/log2(rank+2); pessimistic ties. Neural rows are evaluated "
+            "as served: MIPS top-k1 from the Generator, Ranker re-scores them, top-k2 returned; "
+            "checkpoint chosen by validation HR@10 (second-to-last item).")
+
+
+def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, retrain: bool):
+    cfg = make_config(preset, row, seed, overrides)
+    data = load(cfg.dataset)
+    sp = make_split(data)
+    out = artifacts / preset / row
+    summary_path = out / "train.json"
+    if retrain or not summary_path.exists() or json.loads(summary_path.read_text())["config"] != cfg.to_dict():
+        summary = train(cfg, data, out)
+    else:
+        summary = json.loads(summary_path.read_text())
+        print(f"{row}: reusing {out}/best.pt (trained {summary['train_seconds']} s)", file=sys.stderr)
+    cached = out / "row.json"  # evaluation of this exact checkpoint, reused by later calls
+    best = out / "best.pt"
+    if cached.exists() and not retrain and cached.stat().st_mtime >= best.stat().st_mtime:
+        return json.loads(cached.read_text())
+    model, cfg, ck = load_checkpoint(best, data)
+    test = evaluate_model(model, sp, "test", cfg.eval)
+    unf = evaluate_model(model, sp, "test", cfg.eval, filtered=False)
+    row_res = {"model": row, **{k: round(v, 4) for k, v in test.items() if "@" in k},
+               "unfiltered": {k: round(v, 4) for k, v in unf.items() if k.startswith(("HR", "NDCG"))},
+               "best_epoch": summary["best"]["epoch"], "epochs": cfg.train.epochs,
+               "train_seconds": summary["train_seconds"], "sequences_per_s": summary["sequences_per_s"],
+               "parameters": summary["parameters"], "machine": summary["machine"],
+               "eval_seconds": test["eval_seconds"]}
+    cached.write_text(json.dumps(row_res, indent=1))
+    return row_res
+
+
+def popularity_row(preset: str, seed: int) -> dict:
+    cfg = make_config(preset, "grank", seed)
+    data = load(cfg.dataset)
+    sp = make_split(data)
+    test = evaluate_popularity(sp, "test", cfg.eval)
+    unf = evaluate_popularity(sp, "test", cfg.eval, filtered=False)
+    return {"model": "popularity", **{k: round(v, 4) for k, v in test.items() if "@" in k},
+            "unfiltered": {k: round(v, 4) for k, v in unf.items() if "@" in k},
+            "train_seconds": 0.0, "sequences_per_s": None}
+
+
+def markdown(res: dict) -> str:
+    ks = res["ks"]
+    cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+    lines = [f"# Results: GRank on MovieLens-1M ({res['preset']} preset)", "",
+             f"Command: `{res['command']}`  ", f"Seed: {res['seed']}. Machine: {res['machine']}. "
+             f"Date: {res['date']}. Total wall time: {res['wall_seconds'] / 60:.1f} min.", "",
+             f"Protocol: {res['protocol']}", "",
+             "| model | " + " | ".join(cols) + " | train min | seq/s | best epoch |",
+             "|---|" + "---|" * (len(cols) + 3)]
+    for r in res["rows"]:
+        tm = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "0"
+        lines.append(f"| {r['model']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) +
+                     f" | {tm} | {r.get('sequences_per_s') or '-'} | {r.get('best_epoch', '-')} |")
+    for a in ANCHORS:
+        lines.append(f"| {a['model']} | {a['HR@10']:.4f} | {a['NDCG@10']:.4f} | " +
+                     " | ".join("-" for _ in cols[2:]) + " | - | - | - |")
+    lines += ["", "Unfiltered variant (history items not excluded):", "",
+              "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in res["rows"]:
+        lines.append(f"| {r['model']} | " + " | ".join(f"{r['unfiltered'][c]:.4f}" for c in cols) + " |")
+    gen = [r for r in res["rows"] if "gen_HR@10" in r]
+    if gen:
+        lines += ["", "Generator stage alone (MIPS top-k before the Ranker) and k1 candidate recall:", "",
+                  "| model | gen HR@10 | gen NDCG@10 | gen HR@200 | candidate recall@k1 |", "|---|---|---|---|---|"]
+        for r in gen:
+            rec = next(v for k, v in r.items() if k.startswith("candidate_recall"))
+            lines.append(f"| {r['model']} | {r['gen_HR@10']:.4f} | {r['gen_NDCG@10']:.4f} | "
+                         f"{r.get('gen_HR@200', float('nan')):.4f} | {rec:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, retrain=False,
+            docs: str = "docs", command: str = "") -> dict:
+    t0 = time.time()
+    out_rows = []
+    for row in rows:
+        if row not in ROWS:
+            raise ValueError(f"rows: unknown row {row!r}; choose from {ROWS}")
+        r = popularity_row(preset, seed) if row == "popularity" else \
+            run_row(row, preset, seed, Path(artifacts), overrides or {}, retrain)
+        out_rows.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k in ("model", "HR@10", "NDCG@10", "train_seconds")}))
+    cfg = make_config(preset, "grank", seed, overrides)
+    res = {"protocol": PROTOCOL, "preset": preset, "seed": seed, "ks": list(cfg.eval.ks),
+           "k1": cfg.eval.k1, "k2": cfg.eval.k2, "command": command, "machine": machine(),
+           "date": dt.date.today().isoformat(), "wall_seconds": round(time.time() - t0, 1),
+           "rows": out_rows, "published_anchors": ANCHORS}
+    Path(docs).mkdir(parents=True, exist_ok=True)
+    Path(docs, "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    Path(docs, "RESULTS.md").write_text(markdown(res))
+    return res

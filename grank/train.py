@@ -1,0 +1,227 @@
+"""The training task: batches, the three contrastive losses, the loop and its checkpoints.
+
+Losses (all InfoNCE with temperature tau, weights ``train.loss_weights``):
+- L_NTP: U tokens (one per supervised prefix of the window; the newest one is exactly the served
+  user vector) against the next item, with the WHOLE catalogue as negatives. ML-1M has 3,706 items,
+  so the exact softmax is cheaper than sampling and needs no logQ correction (the paper uses
+  in-batch negatives because its catalogue has millions of items).
+- L_SA-info: training-only auxiliary tokens, one for the target and one for each of
+  ``aux_negatives`` in-batch negatives (other users' targets), attend to the history and to
+  themselves; score = <token output, item vector> / tau, the target must win.
+- L_CA-info: the Ranker scores the target against hard negatives sampled from the Generator's
+  own current top ``ranker_hard_pool`` (what it sees when served) plus uniform random items.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .batches import epoch_samples, windows
+from .config import Config
+from .data import Interactions, Split, fingerprint, split as make_split
+from .evaluate import evaluate_model
+from .generator import NEG_INF
+from .model import GRank
+
+
+def build_model(cfg: Config, data: Interactions) -> GRank:
+    return GRank(cfg.model, data.n_items, data.user_feat_sizes, data.item_genres, data.item_year)
+
+
+def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Config) -> dict:
+    """Arrays for one training step. hist_*: [B, R]; ntp_targets: [B, L] (0 = no loss at that
+    slot); target: [B] = seq[end]; user_feats: [B, 4]."""
+    m = cfg.model
+    ids, rat = windows(data, users, ends, m.ranker_history)
+    target = data.items[data.offsets[users] + ends]
+    L = m.max_history
+    nxt = np.concatenate([ids[:, -L + 1:], target[:, None]], axis=1) if L > 1 else target[:, None]
+    ntp = np.where(ids[:, -L:] != 0, nxt, 0)  # a slot predicts the next item only if it is real
+    t = torch.as_tensor
+    return dict(hist_ids=t(ids), hist_ratings=t(rat), target=t(target.astype(np.int64)),
+                ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]))
+
+
+def losses(model: GRank, batch: dict, cfg: Config) -> dict:
+    """Forward pass of the training task; returns the individual losses and their total."""
+    m, tc = cfg.model, cfg.train
+    L, tau = m.max_history, m.tau
+    g = model.generator
+    table = model.item_vectors()
+    hist_ids, hist_rat, target = batch["hist_ids"], batch["hist_ratings"], batch["target"]
+    B = hist_ids.shape[0]
+    emb, pad, pool_all, pool_high = model.history_inputs(table, hist_ids, hist_rat)
+    h = g.history_tokens(emb[:, -L:], hist_rat[:, -L:])
+    # Next-item supervision at S slots per window: the newest slot (the served user vector) and
+    # S-1 random others. Full softmax over the catalogue dominates the step cost on a CPU, so
+    # this trades a few targets per window for ~4x cheaper steps (see README, training recipe).
+    S = min(tc.ntp_positions, L)
+    pos = torch.cat([torch.randperm(L - 1)[:S - 1].sort().values, torch.tensor([L - 1])])
+    xs, vis = [], []
+    if m.query_token:
+        xs.append(g.query_tokens(batch["user_feats"], pool_all[:, -L:][:, pos], pool_high[:, -L:][:, pos]))
+        vis.append(torch.ones(L, L, dtype=torch.bool).tril()[pos][None])  # U_j sees slots 0..j
+    if m.aux_tokens:
+        C = min(tc.aux_negatives, B - 1) + 1
+        neg = target[torch.randperm(B)[:C - 1]]
+        cand = torch.cat([target[:, None], neg[None, :].expand(B, -1)], 1)  # [B, C]
+        cand_emb = F.embedding(cand, table)
+        xs.append(g.aux_tokens(cand_emb))
+        vis.append(torch.ones(1, C, L, dtype=torch.bool))  # aux tokens see the whole window
+    x = torch.cat(xs, 1) if xs else None
+    h_out, x_out = g.run(h, pad[:, -L:], x, torch.cat(vis, 1) if vis else None)
+    states = x_out[:, :S] if m.query_token else h_out[:, pos]  # [B, S, d] user vector after slot
+
+    out = {}
+    logits = (states @ table.T) / tau  # [B, L, N+1]
+    logits[..., 0] = NEG_INF
+    out["ntp"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                 batch["ntp_targets"][:, pos].reshape(-1), ignore_index=0)
+    total = tc.loss_weights[0] * out["ntp"]
+    if m.aux_tokens:
+        a = x_out[:, S:]
+        s = (a * cand_emb).sum(-1) / tau
+        s[:, 1:] = s[:, 1:].masked_fill(cand[:, 1:] == target[:, None], NEG_INF)
+        out["sa"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long))
+        total = total + tc.loss_weights[1] * out["sa"]
+    if model.ranker is not None:
+        with torch.no_grad():
+            gl = logits[:, -1].detach().clone()
+            gl.scatter_(1, hist_ids, NEG_INF)          # seen items are filtered when served
+            gl.scatter_(1, target[:, None], NEG_INF)
+            pool = gl.topk(min(tc.ranker_hard_pool, gl.shape[1] - 2), dim=1).indices
+            pick = torch.rand(pool.shape).argsort(1)[:, :tc.ranker_hard]
+            hard = pool.gather(1, pick)
+            rand = torch.randint(1, table.shape[0], (B, tc.ranker_random))
+            cand_r = torch.cat([target[:, None], hard, rand], 1)
+        s = model.ranker(states[:, -1], F.embedding(cand_r, table), emb, hist_rat, pad)
+        s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == target[:, None], NEG_INF)
+        out["ca"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long))
+        total = total + tc.loss_weights[2] * out["ca"]
+    out["total"] = total
+    return out
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        p = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))  # cosine down to 10%
+    return f
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the last good checkpoint
+
+
+def load_checkpoint(path: str | Path, data: Interactions | None = None):
+    """Rebuild (model, config, checkpoint dict) from a checkpoint file alone."""
+    from .data import load
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = Config.from_dict(ck["config"])
+    data = data if data is not None else load(cfg.dataset)
+    if ck["data_fingerprint"] != fingerprint(data):
+        raise ValueError(f"{path}: trained on different {cfg.dataset} data "
+                         f"({ck['data_fingerprint']} vs {fingerprint(data)})")
+    model = build_model(cfg, data)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, cfg, ck
+
+
+def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = True,
+          progress: bool = True, threads: int = 0) -> dict:
+    """Train ``cfg`` on ``data``; writes last.pt (every epoch, resumable) and best.pt (best
+    validation HR@10) under ``out_dir``. Returns the summary also saved as train.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:  # a run setting, not part of the model config: results do not depend on it
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sp: Split = make_split(data, cfg.train.max_users)
+    model = build_model(cfg, data)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    n_samples = len(epoch_samples(sp, cfg.model.max_history, np.random.default_rng(0))[0])
+    steps_per_epoch = math.ceil(n_samples / cfg.train.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs))
+    state = dict(epoch=0, history=[], best=None, train_seconds=0.0, sequences=0)
+    last = out / "last.pt"
+    if resume and last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        if ck["config"] != cfg.to_dict():
+            raise ValueError(f"{last} was trained with another config; use a new --out or --no-resume")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        state = ck["state"]
+        print(f"resumed {last} at epoch {state['epoch']}")
+    fp = fingerprint(data)
+
+    def checkpoint(path: Path):
+        save(path, dict(config=cfg.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
+                        scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
+                        numpy_rng=rng.bit_generator.state, state=state, data_fingerprint=fp))
+
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        model.train()
+        users, ends = epoch_samples(sp, cfg.model.max_history, rng)
+        t0 = time.time()
+        sums, n = {}, 0
+        bar = tqdm(range(0, len(users), cfg.train.batch_size), disable=not progress,
+                   desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.train.epochs}")
+        for s in bar:
+            batch = make_batch(data, users[s:s + cfg.train.batch_size], ends[s:s + cfg.train.batch_size], cfg)
+            ls = losses(model, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            ls["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+            nb = len(batch["target"])
+            n += nb
+            for k, v in ls.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * nb
+            bar.set_postfix(loss=f"{sums['total'] / n:.3f}", seq_s=f"{n / (time.time() - t0):.0f}")
+        dt = time.time() - t0
+        state["train_seconds"] += dt
+        state["sequences"] += n
+        rec = {"epoch": epoch + 1, "seconds": round(dt, 1), "sequences_per_s": round(n / dt, 1),
+               **{f"loss_{k}": round(v / n, 5) for k, v in sums.items()}}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            val = evaluate_model(model, sp, "val", cfg.eval, progress=progress)
+            rec["val"] = {k: round(v, 5) for k, v in val.items() if "@" in k}
+            if state["best"] is None or val["HR@10"] > state["best"]["HR@10"]:
+                state["best"] = {"epoch": epoch + 1, "HR@10": val["HR@10"], "NDCG@10": val["NDCG@10"]}
+                state["epoch"] = epoch + 1
+                checkpoint(out / "best.pt")
+        state["history"].append(rec)
+        state["epoch"] = epoch + 1
+        checkpoint(last)
+        print(json.dumps(rec))
+    summary = dict(variant=cfg.variant, config=cfg.to_dict(), machine=machine(),
+                   train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
+                   sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
+                   best=state["best"], history=state["history"],
+                   parameters=sum(p.numel() for p in model.parameters()))
+    (out / "train.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,52 @@
+import pytest
+
+from grank.config import PRESETS, VARIANTS, Config, apply_overrides, make_config
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_preset_and_variant_builds(preset, variant):
+    cfg = make_config(preset, variant)
+    for k, v in VARIANTS[variant].items():
+        assert getattr(cfg.model, k) == v
+    assert Config.from_dict(cfg.to_dict()) == cfg  # what checkpoints store round-trips
+
+
+def test_overrides_are_typed():
+    cfg = make_config("tiny", overrides={"model.d_model": "32", "train.lr": "0.01",
+                                         "eval.ks": "1,2,3", "model.ranker": "false"})
+    assert cfg.model.d_model == 32 and cfg.train.lr == 0.01
+    assert cfg.eval.ks == (1, 2, 3) and cfg.model.ranker is False
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("model.d_modle", 3, "unknown config key 'model.d_modle'"),
+    ("nope.x", 1, "unknown config section"),
+    ("model.d_model", "wide", "model.d_model: expected int"),
+    ("model.ranker", "maybe", "expected a boolean"),
+    ("model.d_model", 31, "divisible by model.n_heads"),
+    ("eval.k2", 10_000, "eval.k2"),
+])
+def test_bad_overrides_name_the_field(key, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_config("default", overrides={key: value})
+
+
+def test_unknown_preset_and_variant():
+    with pytest.raises(ValueError, match="preset: must be one of"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="variant: must be one of"):
+        make_config("tiny", "bert4rec")
+
+
+def test_unknown_checkpoint_keys_rejected():
+    d = make_config("tiny").to_dict()
+    d["model"]["extra"] = 1
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        Config.from_dict(d)
+
+
+def test_overrides_do_not_mutate_input():
+    base = make_config("tiny")
+    apply_overrides(base, {"model.d_model": 8})
+    assert base.model.d_model == 16

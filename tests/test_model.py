@@ -1,0 +1,112 @@
+"""Inference-graph properties: the training-only auxiliary tokens cannot reach the served path,
+and the served user vector is exactly the newest U token of the training forward."""
+import torch
+
+from grank.config import make_config
+from grank.train import build_model
+
+
+def _model(ml100k, variant="grank", **over):
+    cfg = make_config("tiny", variant, overrides={"model.dropout": 0.0, **over})
+    torch.manual_seed(0)
+    m = build_model(cfg, ml100k).eval()
+    return m, cfg
+
+
+def _inputs(ml100k, B=6, R=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, ml100k.n_items + 1, (B, R), generator=g)
+    ids[0, :20] = 0  # a short, left-padded history
+    rat = torch.randint(1, 6, (B, R), generator=g).masked_fill(ids == 0, 0)
+    feats = torch.as_tensor(ml100k.user_feats[:B])
+    return ids, rat, feats
+
+
+def _train_forward(m, ids, rat, feats, cand=None):
+    """The training-time layout: U tokens for every slot (+ optional auxiliary tokens)."""
+    L = m.cfg.max_history
+    table = m.item_vectors()
+    g = m.generator
+    emb, pad, pa, ph = m.history_inputs(table, ids, rat)
+    h = g.history_tokens(emb[:, -L:], rat[:, -L:])
+    xs = [g.query_tokens(feats, pa[:, -L:], ph[:, -L:])]
+    vis = [torch.ones(L, L, dtype=torch.bool).tril()[None]]
+    if cand is not None:
+        xs.append(g.aux_tokens(torch.nn.functional.embedding(cand, table)))
+        vis.append(torch.ones(1, cand.shape[1], L, dtype=torch.bool))
+    return g.run(h, pad[:, -L:], torch.cat(xs, 1), torch.cat(vis, 1))
+
+
+def test_aux_tokens_cannot_change_u_or_history(ml100k):
+    m, cfg = _model(ml100k)
+    ids, rat, feats = _inputs(ml100k)
+    L = cfg.model.max_history
+    with torch.no_grad():
+        h0, x0 = _train_forward(m, ids, rat, feats)
+        h1, x1 = _train_forward(m, ids, rat, feats, torch.randint(1, 100, (6, 5)))
+        h2, x2 = _train_forward(m, ids, rat, feats, torch.randint(100, 900, (6, 9)))
+    assert torch.equal(h0, h1) and torch.equal(h0, h2)        # history never attends to them
+    assert torch.allclose(x0, x1[:, :L], atol=1e-6) and torch.allclose(x0, x2[:, :L], atol=1e-6)
+    assert not torch.allclose(x1[:, L:L + 5], x2[:, L:L + 5])  # (they do see their own content)
+
+
+def test_no_gradient_flows_from_aux_inputs_to_u(ml100k):
+    m, cfg = _model(ml100k)
+    ids, rat, feats = _inputs(ml100k)
+    L = cfg.model.max_history
+    table = m.item_vectors()
+    aux_in = torch.nn.functional.embedding(torch.randint(1, 100, (6, 4)), table).detach().requires_grad_()
+    g = m.generator
+    emb, pad, pa, ph = m.history_inputs(table, ids, rat)
+    h = g.history_tokens(emb[:, -L:], rat[:, -L:])
+    x = torch.cat([g.query_tokens(feats, pa[:, -L:], ph[:, -L:]), g.aux_tokens(aux_in)], 1)
+    vis = torch.cat([torch.ones(L, L, dtype=torch.bool).tril(), torch.ones(4, L, dtype=torch.bool)])[None]
+    h_out, x_out = g.run(h, pad[:, -L:], x, vis)
+    (x_out[:, :L].sum() + h_out.sum()).backward()
+    assert aux_in.grad is None or torch.count_nonzero(aux_in.grad) == 0
+
+
+def test_served_user_vector_is_the_newest_training_u_token(ml100k):
+    m, cfg = _model(ml100k)
+    ids, rat, feats = _inputs(ml100k)
+    with torch.no_grad():
+        _, x = _train_forward(m, ids, rat, feats)
+        served = m.encode_users(ids, rat, feats)
+    assert torch.allclose(x[:, -1], served, atol=1e-5)
+
+
+def test_sasrec_serves_the_last_history_state(ml100k):
+    m, cfg = _model(ml100k, "sasrec")
+    ids, rat, feats = _inputs(ml100k)
+    L = cfg.model.max_history
+    with torch.no_grad():
+        table = m.item_vectors()
+        emb, pad, _, _ = m.history_inputs(table, ids, rat)
+        h, _ = m.generator.run(m.generator.history_tokens(emb[:, -L:], rat[:, -L:]), pad[:, -L:])
+        assert torch.allclose(h[:, -1], m.encode_users(ids, rat, feats), atol=1e-6)
+
+
+def test_history_is_causal(ml100k):
+    """Changing a newer history item never changes the outputs of older slots."""
+    m, cfg = _model(ml100k)
+    ids, rat, feats = _inputs(ml100k)
+    ids2 = ids.clone()
+    ids2[:, -1] = (ids[:, -1] % ml100k.n_items) + 1
+    with torch.no_grad():
+        h1, x1 = _train_forward(m, ids, rat, feats)
+        h2, x2 = _train_forward(m, ids2, rat, feats)
+    assert torch.allclose(h1[:, :-1], h2[:, :-1], atol=1e-6)
+    assert torch.allclose(x1[:, :-1], x2[:, :-1], atol=1e-6)
+    assert not torch.allclose(x1[:, -1], x2[:, -1])
+
+
+def test_padding_row_is_zero_and_ranker_scores_shape(ml100k):
+    m, cfg = _model(ml100k)
+    ids, rat, feats = _inputs(ml100k)
+    with torch.no_grad():
+        t = m.item_vectors()
+        assert torch.count_nonzero(t[0]) == 0
+        u = m.encode_users(ids, rat, feats)
+        cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
+        s = m.rank(u, ids, rat, cand)
+    assert s.shape == (6, 11) and torch.isfinite(s).all()
