@@ -29,6 +29,7 @@ class ModelConfig:
     max_history: int = 64      # L_s: recent behaviour window seen by the Generator (paper: 64)
     ranker_history: int = 256  # long history cap for the Ranker (paper: up to 1000)
     high_rating: int = 4       # ratings >= this form the "high rating" sub-sequence of U
+    recent_items: int = 3      # the "newest items" sub-sequence of U
     tau: float = 1.0           # InfoNCE temperature (plain dot-product logits; see README)
     # Which parts exist. Variants switch these (see VARIANTS below).
     query_token: bool = True   # personalised query token U (False: SASRec-style last hidden state)
@@ -48,9 +49,9 @@ class TrainConfig:
     ntp_positions: int = 16     # window slots supervised by L_NTP per step (newest always)
     aux_negatives: int = 31     # in-batch negatives per user for the auxiliary tokens
     ranker_hard: int = 32       # Ranker negatives taken from the Generator's own top list
-    ranker_hard_pool: int = 200  # ...sampled from this many of its top candidates
+    ranker_hard_pool: int = 500  # ...sampled from this many of its top candidates (= eval.k1)
     ranker_random: int = 16     # plus uniform random negatives
-    eval_every: int = 3         # epochs between validation passes (best epoch is kept)
+    eval_every: int = 4         # epochs between validation passes (best epoch is kept)
     max_users: int = 0          # 0: all users; >0 limits users (tests)
 
 

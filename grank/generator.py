@@ -8,8 +8,9 @@ Shapes (B users, R long-history slots, L = ``max_history`` recent slots, d = ``d
 Decomposed attention (paper: history-history, candidate-history, candidate-self): history tokens
 attend causally to history only; every query token attends to the history positions it may see
 and to itself, never to another query token; history never attends to query tokens. Hence:
-- a U token for each prefix j (seeing history[0..j]) computes exactly what serving computes
-  for a user whose history ends at j, so one forward trains L next-item predictions;
+- the U token of the newest slot computes exactly the served user vector (tested), and U tokens
+  placed at older slots j (seeing history[0..j]) give extra next-item targets from the same
+  forward pass, the way SASRec supervises every position (absolute slot positions, as SASRec);
 - the training-only auxiliary tokens cannot change the U outputs (tested).
 """
 from __future__ import annotations
@@ -86,9 +87,9 @@ class Generator(nn.Module):
         self.ln_out = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.query_token:
-            # U = Linear([profile ; mean(all history) ; mean(high-rated history)]) + query bias
+            # U = MLP([profile ; mean(all) ; mean(high-rated) ; mean(newest few)]) + query bias
             self.profile = nn.ModuleList(nn.Embedding(n, d) for n in user_feat_sizes)
-            self.fuse = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, d))
+            self.fuse = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, d))
             self.query = nn.Parameter(torch.zeros(d))
         if cfg.aux_tokens:
             self.aux_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -100,11 +101,11 @@ class Generator(nn.Module):
         pos = self.pos.weight[-emb.shape[1]:]  # right aligned: the newest item is always slot L-1
         return self.drop(emb + self.rating(ratings) + pos)
 
-    def query_tokens(self, user_feats, pool_all, pool_high) -> torch.Tensor:
-        """user_feats: [B, 4] int64; pool_*: [B, M, d] -> U tokens [B, M, d]."""
+    def query_tokens(self, user_feats, pools) -> torch.Tensor:
+        """user_feats: [B, 4] int64; pools: [B, M, 3d] sub-sequence means -> U tokens [B, M, d]."""
         prof = sum(e(user_feats[:, i]) for i, e in enumerate(self.profile))  # [B, d]
-        prof = prof[:, None, :].expand_as(pool_all)
-        return self.fuse(torch.cat([prof, pool_all, pool_high], -1)) + self.query
+        prof = prof[:, None, :].expand(-1, pools.shape[1], -1)
+        return self.fuse(torch.cat([prof, pools], -1)) + self.query
 
     def aux_tokens(self, cand_emb: torch.Tensor) -> torch.Tensor:
         """cand_emb: [B, C, d] item vectors of the target and its negatives -> [B, C, d]."""

@@ -19,15 +19,30 @@ from .generator import Generator
 from .ranker import Ranker
 
 
+EMB_STD = 0.05  # every embedding starts small and at one scale (see init_embeddings)
+
+
+def init_embeddings(module: nn.Module) -> None:
+    """torch's default N(0, 1) embeddings would let position/rating/year vectors (norm ~8)
+    drown the item identity and blow up the initial logits; start them all at EMB_STD."""
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=EMB_STD)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+
 class ItemTower(nn.Module):
     """Item vector = id embedding + genre projection (mean over genres) + release-year bucket."""
 
     def __init__(self, n_items: int, d: int, genres, years):
         super().__init__()
         self.id = nn.Embedding(n_items + 1, d, padding_idx=0)
-        nn.init.normal_(self.id.weight, std=0.05)
         self.genre = nn.Linear(genres.shape[1], d, bias=False)
         self.year = nn.Embedding(N_YEAR_BUCKETS, d)
+        for w in (self.id.weight, self.genre.weight, self.year.weight):
+            nn.init.normal_(w, std=EMB_STD)
         g = torch.as_tensor(genres, dtype=torch.float32)
         self.register_buffer("genres", g / g.sum(1, keepdim=True).clamp(min=1.0), persistent=True)
         self.register_buffer("years", torch.as_tensor(years, dtype=torch.long), persistent=True)
@@ -37,13 +52,17 @@ class ItemTower(nn.Module):
         return torch.cat([torch.zeros_like(table[:1]), table[1:]])  # padding row is exactly 0
 
 
-def prefix_means(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def prefix_means(emb: torch.Tensor, mask: torch.Tensor, window: int = 0) -> torch.Tensor:
     """Running mean over the slots: emb [B, R, d], mask [B, R] bool -> [B, R, d] where row j
-    is the mean of the masked vectors in slots 0..j (0 where there are none)."""
+    is the mean of the masked vectors in slots 0..j, or only in slots j-window+1..j when
+    ``window`` > 0 (0 where there are none)."""
     w = mask.to(emb.dtype)
     s = (emb * w[..., None]).cumsum(1)
-    n = w.cumsum(1).clamp(min=1.0)
-    return s / n[..., None]
+    n = w.cumsum(1)
+    if window:
+        s = s - F.pad(s, (0, 0, window, 0))[:, :-window]
+        n = n - F.pad(n, (window, 0))[:, :-window]
+    return s / n.clamp(min=1.0)[..., None]
 
 
 class GRank(nn.Module):
@@ -57,33 +76,37 @@ class GRank(nn.Module):
         self.items = ItemTower(n_items, cfg.d_model, genres, years)
         self.generator = Generator(cfg, user_feat_sizes)
         self.ranker = Ranker(cfg) if cfg.ranker else None
+        init_embeddings(self)
 
     def item_vectors(self) -> torch.Tensor:
         return self.items()
 
     def history_inputs(self, table, hist_ids, hist_ratings):
         """Common preprocessing of a long history [B, R] (left padded with 0).
-        Returns (emb [B, R, d], pad [B, R], pool_all [B, R, d], pool_high [B, R, d])."""
+        Returns (emb [B, R, d], pad [B, R], pools [B, R, 3d] or None): the running means of
+        the behaviour sub-sequences that feed the query token U (all items, high-rated items,
+        the ``recent_items`` newest items)."""
         emb = F.embedding(hist_ids, table)
         pad = hist_ids == 0
         if not self.cfg.query_token:
-            return emb, pad, None, None
-        pool_all = prefix_means(emb, ~pad)
-        pool_high = prefix_means(emb, hist_ratings >= self.cfg.high_rating)
-        return emb, pad, pool_all, pool_high
+            return emb, pad, None
+        pools = torch.cat([prefix_means(emb, ~pad),
+                           prefix_means(emb, hist_ratings >= self.cfg.high_rating),
+                           prefix_means(emb, ~pad, self.cfg.recent_items)], -1)
+        return emb, pad, pools
 
     def encode_users(self, hist_ids, hist_ratings, user_feats, table=None):
         """hist_ids: [B, R] int64 (dense ids, newest last, left padded with 0); hist_ratings:
         [B, R] int64 in 0..5; user_feats: [B, 4] int64. Returns user vectors [B, d] float32."""
         table = self.item_vectors() if table is None else table
         L = self.cfg.max_history
-        emb, pad, pool_all, pool_high = self.history_inputs(table, hist_ids, hist_ratings)
+        emb, pad, pools = self.history_inputs(table, hist_ids, hist_ratings)
         g = self.generator
         h = g.history_tokens(emb[:, -L:], hist_ratings[:, -L:])
         if not self.cfg.query_token:
             h_out, _ = g.run(h, pad[:, -L:])
             return h_out[:, -1]
-        x = g.query_tokens(user_feats, pool_all[:, -1:], pool_high[:, -1:])
+        x = g.query_tokens(user_feats, pools[:, -1:])
         vis = torch.ones(1, 1, L, dtype=torch.bool, device=h.device)
         _, x_out = g.run(h, pad[:, -L:], x, vis)
         return x_out[:, 0]

@@ -29,6 +29,9 @@ class Ranker(nn.Module):
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.head = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(d, 1))
+        # zero-initialised correction: an untrained Ranker returns the Generator's order exactly
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad):
         """user_vec: [B, d]; cand_emb: [B, C, d]; hist_emb: [B, R, d]; hist_ratings: [B, R]

@@ -22,9 +22,9 @@ ANCHORS = [  # Zhai et al. 2024 (HSTU), Table 4, ML-1M, full ranking: published,
     {"model": "HSTU (published)", "HR@10": 0.3097, "NDCG@10": 0.1720},
     {"model": "HSTU-large (published)", "HR@10": 0.3294, "NDCG@10": 0.1893},
 ]
-PROTOCOL = ("MovieLens-1M, chronological leave-last-out per user (ties in timestamp broken by "
-            "file order); the last item of each of the 6,040 users is ranked against the full "
-            "catalogue of 3,706 items; items already in the user's history are excluded "
+PROTOCOL = ("{dataset}, chronological leave-last-out per user (ties in timestamp broken by "
+            "file order); the last item of each of the {users:,} users is ranked against the full "
+            "catalogue of {items:,} items; items already in the user's history are excluded "
             "(filtered; the unfiltered variant is reported alongside); HR@K = Recall@K with one "
             "held-out item; NDCG@K = 1/log2(rank+2); pessimistic ties. Neural rows are evaluated "
             "as served: MIPS top-k1 from the Generator, Ranker re-scores them, top-k2 returned; "
@@ -73,7 +73,7 @@ def popularity_row(preset: str, seed: int) -> dict:
 def markdown(res: dict) -> str:
     ks = res["ks"]
     cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
-    lines = [f"# Results: GRank on MovieLens-1M ({res['preset']} preset)", "",
+    lines = [f"# Results: GRank ({res['preset']} preset)", "",
              f"Command: `{res['command']}`  ", f"Seed: {res['seed']}. Machine: {res['machine']}. "
              f"Date: {res['date']}. Total wall time: {res['wall_seconds'] / 60:.1f} min.", "",
              f"Protocol: {res['protocol']}", "",
@@ -113,7 +113,9 @@ def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, r
         out_rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k in ("model", "HR@10", "NDCG@10", "train_seconds")}))
     cfg = make_config(preset, "grank", seed, overrides)
-    res = {"protocol": PROTOCOL, "preset": preset, "seed": seed, "ks": list(cfg.eval.ks),
+    data = load(cfg.dataset)
+    protocol = PROTOCOL.format(dataset=cfg.dataset, users=len(make_split(data).users), items=data.n_items)
+    res = {"protocol": protocol, "preset": preset, "seed": seed, "ks": list(cfg.eval.ks),
            "k1": cfg.eval.k1, "k2": cfg.eval.k2, "command": command, "machine": machine(),
            "date": dt.date.today().isoformat(), "wall_seconds": round(time.time() - t0, 1),
            "rows": out_rows, "published_anchors": ANCHORS}

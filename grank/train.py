@@ -59,7 +59,7 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     table = model.item_vectors()
     hist_ids, hist_rat, target = batch["hist_ids"], batch["hist_ratings"], batch["target"]
     B = hist_ids.shape[0]
-    emb, pad, pool_all, pool_high = model.history_inputs(table, hist_ids, hist_rat)
+    emb, pad, pools = model.history_inputs(table, hist_ids, hist_rat)
     h = g.history_tokens(emb[:, -L:], hist_rat[:, -L:])
     # Next-item supervision at S slots per window: the newest slot (the served user vector) and
     # S-1 random others. Full softmax over the catalogue dominates the step cost on a CPU, so
@@ -68,7 +68,7 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     pos = torch.cat([torch.randperm(L - 1)[:S - 1].sort().values, torch.tensor([L - 1])])
     xs, vis = [], []
     if m.query_token:
-        xs.append(g.query_tokens(batch["user_feats"], pool_all[:, -L:][:, pos], pool_high[:, -L:][:, pos]))
+        xs.append(g.query_tokens(batch["user_feats"], pools[:, -L:][:, pos]))
         vis.append(torch.ones(L, L, dtype=torch.bool).tril()[pos][None])  # U_j sees slots 0..j
     if m.aux_tokens:
         C = min(tc.aux_negatives, B - 1) + 1

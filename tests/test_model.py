@@ -1,5 +1,6 @@
 """Inference-graph properties: the training-only auxiliary tokens cannot reach the served path,
 and the served user vector is exactly the newest U token of the training forward."""
+import pytest
 import torch
 
 from grank.config import make_config
@@ -27,9 +28,9 @@ def _train_forward(m, ids, rat, feats, cand=None):
     L = m.cfg.max_history
     table = m.item_vectors()
     g = m.generator
-    emb, pad, pa, ph = m.history_inputs(table, ids, rat)
+    emb, pad, pools = m.history_inputs(table, ids, rat)
     h = g.history_tokens(emb[:, -L:], rat[:, -L:])
-    xs = [g.query_tokens(feats, pa[:, -L:], ph[:, -L:])]
+    xs = [g.query_tokens(feats, pools[:, -L:])]
     vis = [torch.ones(L, L, dtype=torch.bool).tril()[None]]
     if cand is not None:
         xs.append(g.aux_tokens(torch.nn.functional.embedding(cand, table)))
@@ -57,9 +58,9 @@ def test_no_gradient_flows_from_aux_inputs_to_u(ml100k):
     table = m.item_vectors()
     aux_in = torch.nn.functional.embedding(torch.randint(1, 100, (6, 4)), table).detach().requires_grad_()
     g = m.generator
-    emb, pad, pa, ph = m.history_inputs(table, ids, rat)
+    emb, pad, pools = m.history_inputs(table, ids, rat)
     h = g.history_tokens(emb[:, -L:], rat[:, -L:])
-    x = torch.cat([g.query_tokens(feats, pa[:, -L:], ph[:, -L:]), g.aux_tokens(aux_in)], 1)
+    x = torch.cat([g.query_tokens(feats, pools[:, -L:]), g.aux_tokens(aux_in)], 1)
     vis = torch.cat([torch.ones(L, L, dtype=torch.bool).tril(), torch.ones(4, L, dtype=torch.bool)])[None]
     h_out, x_out = g.run(h, pad[:, -L:], x, vis)
     (x_out[:, :L].sum() + h_out.sum()).backward()
@@ -81,7 +82,7 @@ def test_sasrec_serves_the_last_history_state(ml100k):
     L = cfg.model.max_history
     with torch.no_grad():
         table = m.item_vectors()
-        emb, pad, _, _ = m.history_inputs(table, ids, rat)
+        emb, pad, _ = m.history_inputs(table, ids, rat)
         h, _ = m.generator.run(m.generator.history_tokens(emb[:, -L:], rat[:, -L:]), pad[:, -L:])
         assert torch.allclose(h[:, -1], m.encode_users(ids, rat, feats), atol=1e-6)
 
@@ -110,3 +111,21 @@ def test_padding_row_is_zero_and_ranker_scores_shape(ml100k):
         cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
         s = m.rank(u, ids, rat, cand)
     assert s.shape == (6, 11) and torch.isfinite(s).all()
+
+
+def test_prefix_means_hand_computed():
+    from grank.model import prefix_means
+    emb = torch.tensor([[[1.0], [2.0], [3.0], [4.0], [6.0]]])
+    mask = torch.tensor([[False, True, True, False, True]])
+    assert prefix_means(emb, mask)[0, :, 0].tolist() == pytest.approx([0.0, 2.0, 2.5, 2.5, 11 / 3])
+    assert prefix_means(emb, mask, window=2)[0, :, 0].tolist() == pytest.approx([0.0, 2.0, 2.5, 3.0, 6.0])
+
+
+def test_untrained_ranker_keeps_the_generator_order(ml100k):
+    m, cfg = _model(ml100k)
+    ids, rat, feats = _inputs(ml100k)
+    with torch.no_grad():
+        u = m.encode_users(ids, rat, feats)
+        cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
+        mips = (u[:, None, :] * torch.nn.functional.embedding(cand, m.item_vectors())).sum(-1)
+        assert torch.allclose(m.rank(u, ids, rat, cand), mips / cfg.model.tau, atol=1e-5)
