@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import VARIANTS, make_config
+from .config import Config, effective_dict, make_config
 from .data import load, split as make_split
 from .evaluate import evaluate_model, evaluate_popularity
 from .train import load_checkpoint, machine, train
@@ -37,7 +37,9 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
     sp = make_split(data)
     out = artifacts / preset / row
     summary_path = out / "train.json"
-    if retrain or not summary_path.exists() or json.loads(summary_path.read_text())["config"] != cfg.to_dict():
+    stale = not summary_path.exists() or effective_dict(
+        Config.from_dict(json.loads(summary_path.read_text())["config"])) != effective_dict(cfg)
+    if retrain or stale:
         summary = train(cfg, data, out)
     else:
         summary = json.loads(summary_path.read_text())
@@ -101,6 +103,36 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_curves(artifacts: Path, preset: str, rows, path: Path) -> bool:
+    """Validation HR@10 and NDCG@10 per epoch for every trained row -> PNG. False if none."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for row in rows:
+        f = artifacts / preset / row / "train.json"
+        if not f.exists():
+            continue
+        hist = [h for h in json.loads(f.read_text())["history"] if "val" in h]
+        for ax, metric in zip(axes, ("HR@10", "NDCG@10")):
+            ax.plot([h["epoch"] for h in hist], [h["val"][metric] for h in hist], marker="o", label=row)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    for ax, metric in zip(axes, ("HR@10", "NDCG@10")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Validation curves ({preset} preset)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, retrain=False,
             docs: str = "docs", command: str = "") -> dict:
     t0 = time.time()
@@ -121,5 +153,8 @@ def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, r
            "rows": out_rows, "published_anchors": ANCHORS}
     Path(docs).mkdir(parents=True, exist_ok=True)
     Path(docs, "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    Path(docs, "RESULTS.md").write_text(markdown(res))
+    md = markdown(res)
+    if plot_curves(Path(artifacts), preset, rows, Path(docs, "training_curves.png")):
+        md += "\n![validation curves](training_curves.png)\n"
+    Path(docs, "RESULTS.md").write_text(md)
     return res

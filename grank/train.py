@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batches import epoch_samples, windows
-from .config import Config
+from .config import Config, effective_dict
 from .data import Interactions, Split, fingerprint, split as make_split
 from .evaluate import evaluate_model
 from .generator import NEG_INF
@@ -166,7 +166,7 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
     last = out / "last.pt"
     if resume and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck["config"] != cfg.to_dict():
+        if effective_dict(Config.from_dict(ck["config"])) != effective_dict(cfg):
             raise ValueError(f"{last} was trained with another config; use a new --out or --no-resume")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

@@ -50,3 +50,16 @@ def test_overrides_do_not_mutate_input():
     base = make_config("tiny")
     apply_overrides(base, {"model.d_model": 8})
     assert base.model.d_model == 16
+
+
+def test_effective_config_ignores_settings_of_absent_parts():
+    from grank.config import effective_dict
+    a = make_config("tiny", "generator_only")
+    b = make_config("tiny", "generator_only", overrides={"train.loss_weights": "1,5,5",
+                                                          "train.aux_negatives": 3, "train.ranker_hard": 2})
+    assert effective_dict(a) == effective_dict(b)
+    c = make_config("tiny", "grank")
+    d = make_config("tiny", "grank", overrides={"train.loss_weights": "1,5,5"})
+    assert effective_dict(c) != effective_dict(d)
+    e = make_config("tiny", "generator_only", overrides={"train.lr": 0.5})
+    assert effective_dict(a) != effective_dict(e)

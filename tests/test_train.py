@@ -132,6 +132,7 @@ def test_results_table_has_every_row(tmp_path):
                 assert r[f"HR@{k}"] >= r["unfiltered"][f"HR@{k}"]
     md = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert all(f"| {row} |" in md for row in ROWS) and "HSTU-large (published)" in md
+    assert (tmp_path / "docs" / "training_curves.png").stat().st_size > 10_000
     # a second call reuses checkpoints and cached evaluations: same numbers
     again = results("tiny", 0, str(tmp_path / "art"), docs=str(tmp_path / "docs2"), command="test")
     assert [r["HR@10"] for r in again["rows"]] == [r["HR@10"] for r in res["rows"]]

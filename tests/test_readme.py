@@ -1,0 +1,44 @@
+"""The README is tested like code: its make targets and CLI commands must exist and parse."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def make_targets():
+    return set(re.findall(r"^([a-zA-Z_-]+):", (ROOT / "Makefile").read_text(), re.M))
+
+
+def test_readme_make_targets_exist():
+    used = set(re.findall(r"`make ([a-z-]+)`", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M))
+    assert {"demo", "test"} <= used
+    assert used <= make_targets(), used - make_targets()
+
+
+def test_make_help_is_default_and_documents_every_target():
+    out = subprocess.run(["make", "-s", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for t in make_targets() - {"help"}:
+        if not t.startswith("$"):
+            assert t in out.stdout, f"make help does not document {t}"
+
+
+@pytest.mark.parametrize("line", [l for l in README.splitlines() if l.startswith("python -m grank ")])
+def test_readme_cli_lines_parse(line):
+    """Every `python -m grank ...` line of the README is accepted by the argument parser."""
+    from grank.__main__ import main
+    args = line.split("#")[0].split()[3:]
+    args = [a for a in args if not (a.startswith("[") or a.endswith("]"))]
+    # parse only: --help exits 0 after parsing everything before it
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--help"])
+    assert e.value.code == 0
+
+
+def test_ci_runs_make_test():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
