@@ -55,6 +55,8 @@ def main(argv=None) -> int:
         p.add_argument("--artifacts", default="artifacts")
         p.add_argument("--rows", default=None, help="comma-separated subset of rows")
         p.add_argument("--retrain", action="store_true")
+        p.add_argument("--note", default="", help="a sentence printed under the protocol "
+                       "(e.g. how the rows were run)")
         p.add_argument("--docs", default="docs" if name == "results" else "artifacts/demo-docs")
     a = ap.parse_args(argv)
 
@@ -84,7 +86,8 @@ def main(argv=None) -> int:
     from .report import ROWS, markdown, results
     rows = tuple(a.rows.split(",")) if a.rows else (ROWS if a.cmd == "results" else ("grank", "popularity"))
     cmd = "python -m grank " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    res = results(a.preset, a.seed, a.artifacts, rows, _overrides(a.set), a.retrain, a.docs, cmd)
+    res = results(a.preset, a.seed, a.artifacts, rows, _overrides(a.set), a.retrain, a.docs, cmd,
+                  a.note)
     print(markdown(res))
     return 0
 

@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dataset": "ml-100k",
         "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 1, "model.max_history": 16,
         "model.ranker_history": 32, "model.dropout": 0.0,
-        "train.epochs": 2, "train.batch_size": 64, "train.ntp_positions": 8, "train.aux_negatives": 7,
+        "train.epochs": 3, "train.lr": 5e-3, "train.batch_size": 64, "train.ntp_positions": 8, "train.aux_negatives": 7,
         "train.ranker_hard": 8, "train.ranker_hard_pool": 32, "train.ranker_random": 4,
         "train.eval_every": 1, "train.max_users": 200, "train.warmup_steps": 5,
         "eval.k1": 50, "eval.k2": 20, "eval.ks": (5, 10, 20),

@@ -78,28 +78,31 @@ def markdown(res: dict) -> str:
     lines = [f"# Results: GRank ({res['preset']} preset)", "",
              f"Command: `{res['command']}`  ", f"Seed: {res['seed']}. Machine: {res['machine']}. "
              f"Date: {res['date']}. Total wall time: {res['wall_seconds'] / 60:.1f} min.", "",
-             f"Protocol: {res['protocol']}", "",
+             f"Protocol: {res['protocol']}", ""] + ([res["note"], ""] if res.get("note") else []) + [
              "| model | " + " | ".join(cols) + " | train min | seq/s | best epoch |",
              "|---|" + "---|" * (len(cols) + 3)]
     for r in res["rows"]:
         tm = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "0"
         lines.append(f"| {r['model']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) +
                      f" | {tm} | {r.get('sequences_per_s') or '-'} | {r.get('best_epoch', '-')} |")
-    for a in ANCHORS:
-        lines.append(f"| {a['model']} | {a['HR@10']:.4f} | {a['NDCG@10']:.4f} | " +
-                     " | ".join("-" for _ in cols[2:]) + " | - | - | - |")
+    for a in res.get("published_anchors", []):
+        lines.append(f"| {a['model']} | " + " | ".join(f"{a[c]:.4f}" if c in a else "-" for c in cols)
+                     + " | - | - | - |")
     lines += ["", "Unfiltered variant (history items not excluded):", "",
               "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in res["rows"]:
         lines.append(f"| {r['model']} | " + " | ".join(f"{r['unfiltered'][c]:.4f}" for c in cols) + " |")
     gen = [r for r in res["rows"] if "gen_HR@10" in r]
     if gen:
-        lines += ["", "Generator stage alone (MIPS top-k before the Ranker) and k1 candidate recall:", "",
-                  "| model | gen HR@10 | gen NDCG@10 | gen HR@200 | candidate recall@k1 |", "|---|---|---|---|---|"]
+        k0, kn = ks[0], ks[-1]
+        lines += ["", f"Generator stage alone (MIPS top-k before the Ranker) and recall of the "
+                  f"k1 = {res['k1']} candidates handed to the Ranker:", "",
+                  f"| model | gen HR@{k0} | gen NDCG@{k0} | gen HR@{kn} | candidate recall@k1 |",
+                  "|---|---|---|---|---|"]
         for r in gen:
             rec = next(v for k, v in r.items() if k.startswith("candidate_recall"))
-            lines.append(f"| {r['model']} | {r['gen_HR@10']:.4f} | {r['gen_NDCG@10']:.4f} | "
-                         f"{r.get('gen_HR@200', float('nan')):.4f} | {rec:.4f} |")
+            lines.append(f"| {r['model']} | {r[f'gen_HR@{k0}']:.4f} | {r[f'gen_NDCG@{k0}']:.4f} | "
+                         f"{r[f'gen_HR@{kn}']:.4f} | {rec:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +137,7 @@ def plot_curves(artifacts: Path, preset: str, rows, path: Path) -> bool:
 
 
 def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, retrain=False,
-            docs: str = "docs", command: str = "") -> dict:
+            docs: str = "docs", command: str = "", note: str = "") -> dict:
     t0 = time.time()
     out_rows = []
     for row in rows:
@@ -149,8 +152,8 @@ def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, r
     protocol = PROTOCOL.format(dataset=cfg.dataset, users=len(make_split(data).users), items=data.n_items)
     res = {"protocol": protocol, "preset": preset, "seed": seed, "ks": list(cfg.eval.ks),
            "k1": cfg.eval.k1, "k2": cfg.eval.k2, "command": command, "machine": machine(),
-           "date": dt.date.today().isoformat(), "wall_seconds": round(time.time() - t0, 1),
-           "rows": out_rows, "published_anchors": ANCHORS}
+           "date": dt.date.today().isoformat(), "note": note, "wall_seconds": round(time.time() - t0, 1),
+           "rows": out_rows, "published_anchors": ANCHORS if cfg.dataset == "ml-1m" else []}
     Path(docs).mkdir(parents=True, exist_ok=True)
     Path(docs, "results.json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)

@@ -222,6 +222,7 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
                    best=state["best"], history=state["history"],
-                   parameters=sum(p.numel() for p in model.parameters()))
+                   parameters=sum(p.numel() for p in model.parameters()),
+                   threads=torch.get_num_threads())
     (out / "train.json").write_text(json.dumps(summary, indent=1))
     return summary

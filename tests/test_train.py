@@ -31,8 +31,11 @@ def test_tiny_training_lowers_every_loss(ml100k, tiny_cfg, tiny_trained):
     torch.manual_seed(cfg.seed)
     fresh = T.build_model(cfg, ml100k)
     before, after = _loss(fresh, batch, cfg), _loss(model, batch, cfg)
-    for k in ("ntp", "sa", "ca", "total"):
-        assert after[k] < 0.9 * before[k], (k, before[k], after[k])
+    for k in ("ntp", "total"):
+        # 0.5 nats: the target's probability at least 1.6x higher than before training
+        assert after[k] < before[k] - 0.5, (k, before[k], after[k])
+    for k in ("sa", "ca"):  # auxiliary losses pull on shared weights at 0.1: they fall less
+        assert after[k] < before[k] - 0.05, (k, before[k], after[k])
     hist = summary["history"]
     assert hist[-1]["loss_total"] < hist[0]["loss_total"]
     saved = json.loads((out / "train.json").read_text())
@@ -131,7 +134,8 @@ def test_results_table_has_every_row(tmp_path):
                 # single-stage: removing seen items can only move the target up
                 assert r[f"HR@{k}"] >= r["unfiltered"][f"HR@{k}"]
     md = (tmp_path / "docs" / "RESULTS.md").read_text()
-    assert all(f"| {row} |" in md for row in ROWS) and "HSTU-large (published)" in md
+    assert all(f"| {row} |" in md for row in ROWS)
+    assert "(published)" not in md  # ML-1M anchors are not shown beside ML-100K numbers
     assert (tmp_path / "docs" / "training_curves.png").stat().st_size > 10_000
     # a second call reuses checkpoints and cached evaluations: same numbers
     again = results("tiny", 0, str(tmp_path / "art"), docs=str(tmp_path / "docs2"), command="test")
