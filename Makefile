@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -rs -q
 TRITON_IMAGE ?= nvcr.io/nvidia/tritonserver:24.10-py3
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: help setup setup-gpu data train evaluate demo test clean
+.PHONY: help setup setup-gpu data train train-all evaluate demo test clean
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,8 +48,19 @@ data: setup ## Preprocess MovieLens-1M into the cache (artifacts/data)
 train: setup ## Train one model (PRESET=default|fast|tiny, VARIANT=grank|sasrec|...) into $(ARTIFACTS)/PRESET/VARIANT
 	$(PY) -m grank train --preset $(PRESET) --variant $(VARIANT) --seed $(SEED) --threads $(THREADS) --out $(ARTIFACTS)/$(PRESET)/$(VARIANT)
 
-evaluate: setup ## Train (if needed) and evaluate every results row; writes docs/results.json and docs/RESULTS.md
-	$(PY) -m grank results --preset $(PRESET) --seed $(SEED) --artifacts $(ARTIFACTS)
+NEURAL_ROWS := grank generator_only generator_ranker_no_aux generator_aux sasrec
+JOBS ?= 2
+
+train-all: setup ## Train every neural results row, JOBS at a time with 1 thread each (resumes/skips finished ones)
+	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix train-row-,$(NEURAL_ROWS)) THREADS=1
+
+train-row-%:
+	@mkdir -p $(ARTIFACTS)
+	$(PY) -m grank train --preset $(PRESET) --variant $* --seed $(SEED) --threads $(THREADS) --out $(ARTIFACTS)/$(PRESET)/$* > $(ARTIFACTS)/$(PRESET)-$*.log 2>&1 || (tail -5 $(ARTIFACTS)/$(PRESET)-$*.log; exit 1)
+
+evaluate: train-all ## Train missing rows (train-all), evaluate every row; writes docs/results.json and docs/RESULTS.md
+	$(PY) -m grank results --preset $(PRESET) --seed $(SEED) --artifacts $(ARTIFACTS) \
+	  --note "Rows trained $(JOBS) at a time (make train-all), one torch thread each: each training had one core of the machine."
 
 demo: setup ## Set up, train GRank on the demo preset (minutes), evaluate it, print the table
 	$(PY) -m grank demo --preset $(DEMO_PRESET) --seed $(SEED) --artifacts $(ARTIFACTS)

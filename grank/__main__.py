@@ -43,6 +43,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: default). Two 1-thread runs side by side use a 2-core "
                         "machine better than one 2-thread run")
+    p = sub.add_parser("speed", help="time a few training steps and project epoch/run time")
+    common(p)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=0)
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test (or val) split")
     p.add_argument("checkpoint")
     p.add_argument("--stage", default="test", choices=["val", "test"])
@@ -73,6 +77,12 @@ def main(argv=None) -> int:
         cfg = make_config(a.preset, a.variant, a.seed, _overrides(a.set))
         s = train(cfg, load(cfg.dataset), a.out, resume=not a.no_resume, threads=a.threads)
         print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
+        return 0
+    if a.cmd == "speed":
+        from .data import load
+        from .train import measure_speed
+        cfg = make_config(a.preset, a.variant, a.seed, _overrides(a.set))
+        print(json.dumps(measure_speed(cfg, load(cfg.dataset), a.steps, threads=a.threads)))
         return 0
     if a.cmd == "evaluate":
         from .data import split

@@ -164,6 +164,7 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
         opt, _lr_lambda(cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs))
     state = dict(epoch=0, history=[], best=None, train_seconds=0.0, sequences=0)
     last = out / "last.pt"
+    trained_config = cfg.to_dict()
     if resume and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
         if effective_dict(Config.from_dict(ck["config"])) != effective_dict(cfg):
@@ -174,11 +175,12 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
         torch.set_rng_state(ck["torch_rng"])
         rng.bit_generator.state = ck["numpy_rng"]
         state = ck["state"]
+        trained_config = ck["config"]  # may differ only in settings this variant does not use
         print(f"resumed {last} at epoch {state['epoch']}")
     fp = fingerprint(data)
 
     def checkpoint(path: Path):
-        save(path, dict(config=cfg.to_dict(), model=model.state_dict(), optimizer=opt.state_dict(),
+        save(path, dict(config=trained_config, model=model.state_dict(), optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
                         numpy_rng=rng.bit_generator.state, state=state, data_fingerprint=fp))
 
@@ -218,7 +220,7 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
         state["epoch"] = epoch + 1
         checkpoint(last)
         print(json.dumps(rec))
-    summary = dict(variant=cfg.variant, config=cfg.to_dict(), machine=machine(),
+    summary = dict(variant=cfg.variant, config=trained_config, machine=machine(),
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
                    best=state["best"], history=state["history"],
@@ -226,3 +228,33 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
                    threads=torch.get_num_threads())
     (out / "train.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def measure_speed(cfg: Config, data: Interactions, steps: int = 30, warmup: int = 3,
+                  threads: int = 0) -> dict:
+    """Time ``steps`` real training steps (after ``warmup``) and project the epoch and run time
+    of ``cfg`` on this machine. Validation passes are not included in the projection."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    sp = make_split(data, cfg.train.max_users)
+    model = build_model(cfg, data).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    users, ends = epoch_samples(sp, cfg.model.max_history, np.random.default_rng(cfg.seed))
+    bs = cfg.train.batch_size
+    t0 = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.time()
+        j = (i * bs) % max(1, len(users) - bs)
+        ls = losses(model, make_batch(data, users[j:j + bs], ends[j:j + bs], cfg), cfg)
+        opt.zero_grad(set_to_none=True)
+        ls["total"].backward()
+        opt.step()
+    step_s = (time.time() - t0) / steps
+    steps_per_epoch = math.ceil(len(users) / bs)
+    return {"variant": cfg.variant, "threads": torch.get_num_threads(), "step_seconds": round(step_s, 3),
+            "sequences_per_s": round(bs / step_s, 1), "steps_per_epoch": steps_per_epoch,
+            "projected_epoch_minutes": round(step_s * steps_per_epoch / 60, 2),
+            "projected_run_minutes": round(step_s * steps_per_epoch * cfg.train.epochs / 60, 1),
+            "machine": machine()}

@@ -42,3 +42,14 @@ def test_readme_cli_lines_parse(line):
 
 def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_headline_numbers_match_docs_results():
+    """Numbers quoted in the README are the measured ones in docs/results.json."""
+    import json
+    res = json.loads((ROOT / "docs" / "results.json").read_text())
+    rows = {r["model"]: r for r in res["rows"]}
+    quoted = re.findall(r"`(\w+)` HR@10 = ([0-9]+\.[0-9]+), NDCG@10 = ([0-9]+\.[0-9]+)", README)
+    assert quoted, "README quotes no headline numbers"
+    for model, hr, ndcg in quoted:
+        assert rows[model]["HR@10"] == float(hr) and rows[model]["NDCG@10"] == float(ndcg), model

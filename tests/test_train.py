@@ -140,3 +140,10 @@ def test_results_table_has_every_row(tmp_path):
     # a second call reuses checkpoints and cached evaluations: same numbers
     again = results("tiny", 0, str(tmp_path / "art"), docs=str(tmp_path / "docs2"), command="test")
     assert [r["HR@10"] for r in again["rows"]] == [r["HR@10"] for r in res["rows"]]
+
+
+def test_speed_projection(ml100k, tiny_cfg):
+    r = T.measure_speed(tiny_cfg, ml100k, steps=3, warmup=1)
+    assert r["step_seconds"] > 0 and r["steps_per_epoch"] >= 1
+    assert r["projected_run_minutes"] == pytest.approx(
+        r["step_seconds"] * r["steps_per_epoch"] * tiny_cfg.train.epochs / 60, rel=0.05, abs=0.05)
