@@ -85,11 +85,10 @@ def main(argv=None) -> int:
         print(json.dumps(measure_speed(cfg, load(cfg.dataset), a.steps, threads=a.threads)))
         return 0
     if a.cmd == "evaluate":
-        from .data import split
+        from .data import load, split
         from .evaluate import evaluate_model
         from .train import load_checkpoint
-        model, cfg, ck = load_checkpoint(a.checkpoint)
-        from .data import load
+        model, cfg, _ = load_checkpoint(a.checkpoint)
         res = evaluate_model(model, split(load(cfg.dataset)), a.stage, cfg.eval, filtered=not a.unfiltered)
         print(json.dumps(res, indent=1))
         return 0

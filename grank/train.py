@@ -111,6 +111,16 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     return out
 
 
+def train_step(model: GRank, opt, batch: dict, cfg: Config) -> dict:
+    """One optimisation step (forward, backward, clip, update); returns the losses."""
+    ls = losses(model, batch, cfg)
+    opt.zero_grad(set_to_none=True)
+    ls["total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    opt.step()
+    return ls
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step):
         if step < warmup:
@@ -193,11 +203,7 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
                    desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.train.epochs}")
         for s in bar:
             batch = make_batch(data, users[s:s + cfg.train.batch_size], ends[s:s + cfg.train.batch_size], cfg)
-            ls = losses(model, batch, cfg)
-            opt.zero_grad(set_to_none=True)
-            ls["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
+            ls = train_step(model, opt, batch, cfg)
             sched.step()
             nb = len(batch["target"])
             n += nb
@@ -247,10 +253,7 @@ def measure_speed(cfg: Config, data: Interactions, steps: int = 30, warmup: int 
         if i == warmup:
             t0 = time.time()
         j = (i * bs) % max(1, len(users) - bs)
-        ls = losses(model, make_batch(data, users[j:j + bs], ends[j:j + bs], cfg), cfg)
-        opt.zero_grad(set_to_none=True)
-        ls["total"].backward()
-        opt.step()
+        train_step(model, opt, make_batch(data, users[j:j + bs], ends[j:j + bs], cfg), cfg)
     step_s = (time.time() - t0) / steps
     steps_per_epoch = math.ceil(len(users) / bs)
     return {"variant": cfg.variant, "threads": torch.get_num_threads(), "step_seconds": round(step_s, 3),
