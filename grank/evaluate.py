@@ -60,9 +60,8 @@ def recommend(model, hist_ids, hist_ratings, user_feats, k1: int, k2: int, exclu
     gen_scores, gen_ids = mips_top_k(u, table, k1, model.cfg.tau, exclude)
     if model.ranker is None:
         return gen_ids[:, :k2], gen_scores[:, :k2], gen_ids
-    scores = model.rank(u, hist_ids, hist_ratings, gen_ids, table)
-    top, pos = scores.topk(k2, dim=1)
-    return gen_ids.gather(1, pos), top, gen_ids
+    ids, top = model.rank_top_k(u, hist_ids, hist_ratings, gen_ids, k2, table)
+    return ids, top, gen_ids
 
 
 def evaluate_model(model, split: Split, stage: str, ecfg, filtered: bool = True,

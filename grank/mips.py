@@ -3,6 +3,8 @@
     scores[b, i] = <user_vecs[b], item_vecs[i]> / tau        user_vecs: [B, d] float32
     (row 0 of item_vecs is padding and never returned)        item_vecs: [N+1, d] float32
     exclude: optional [B, N+1] bool, True = never return (e.g. items the user already saw)
+    exclude_ids: optional [B, R] int64 dense ids never to return (the served form: the history
+        itself; padding 0 is excluded anyway)
     returns (scores [B, k] float32 descending, ids [B, k] int64 dense item ids)
 
 No index to build or refresh: a new model version ships a new item table. Ties are broken by
@@ -17,22 +19,25 @@ NEG_INF = float("-inf")
 
 
 def mips_scores(user_vecs: torch.Tensor, item_vecs: torch.Tensor, tau: float = 1.0,
-                exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """Full score matrix [B, N+1] with padding (and ``exclude``) set to -inf."""
+                exclude: torch.Tensor | None = None,
+                exclude_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Full score matrix [B, N+1] with padding (and ``exclude``/``exclude_ids``) set to -inf."""
     s = (user_vecs @ item_vecs.T) / tau
     s[:, 0] = NEG_INF
     if exclude is not None:
         s = s.masked_fill(exclude, NEG_INF)
+    if exclude_ids is not None:
+        s = s.scatter(1, exclude_ids, NEG_INF)
     return s
 
 
 def mips_top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, tau: float = 1.0,
-               exclude: torch.Tensor | None = None):
+               exclude: torch.Tensor | None = None, exclude_ids: torch.Tensor | None = None):
     """Top-k items by inner product; see the module docstring for shapes."""
     n = item_vecs.shape[0] - 1
     if not 1 <= k <= n:
         raise ValueError(f"k: must be in [1, {n}] (catalogue size), got {k}")
-    return mips_scores(user_vecs, item_vecs, tau, exclude).topk(k, dim=1)
+    return mips_scores(user_vecs, item_vecs, tau, exclude, exclude_ids).topk(k, dim=1)
 
 
 def seen_mask(seen, n_items: int) -> torch.Tensor:
@@ -41,3 +46,29 @@ def seen_mask(seen, n_items: int) -> torch.Tensor:
     for b, ids in enumerate(seen):
         mask[b, torch.as_tensor(ids, dtype=torch.long)] = True
     return mask
+
+
+def topk_disagreements(ref_ids, ref_scores, got_ids, got_scores, atol: float) -> list[tuple[int, str]]:
+    """Compare two top-k lists per row, tolerating ties and rounding: [B, k] ids and [B, k]
+    descending scores from a reference and from another implementation. A row agrees when the
+    sorted scores match within ``atol`` and every id scored clearly above the k-th score
+    (by more than ``atol``) on one side is in the other side's list: items within ``atol`` of
+    the cut may be swapped. Returns (row, message) per disagreeing row (empty = agree)."""
+    import numpy as np
+    ref_ids, got_ids = np.asarray(ref_ids), np.asarray(got_ids)
+    ref_scores, got_scores = np.asarray(ref_scores), np.asarray(got_scores)
+    bad = []
+    for b in range(ref_ids.shape[0]):
+        if not np.allclose(ref_scores[b], got_scores[b], rtol=0, atol=atol):
+            err = float(np.abs(ref_scores[b] - got_scores[b]).max())
+            bad.append((b, f"scores differ by up to {err:.3g} > atol {atol}"))
+            continue
+        for name, ids, sc, other in (("reference", ref_ids, ref_scores, got_ids),
+                                     ("result", got_ids, got_scores, ref_ids)):
+            sure = set(ids[b][sc[b] > sc[b, -1] + atol].tolist())
+            missing = sure - set(other[b].tolist())
+            if missing:
+                bad.append((b, f"{name} ids {sorted(missing)[:5]} clearly in the top-k "
+                               "but absent from the other list"))
+                break
+    return bad

@@ -122,3 +122,10 @@ class GRank(nn.Module):
         hist_ids, hist_ratings = hist_ids[:, -R:], hist_ratings[:, -R:]
         return self.ranker(user_vec, cand, F.embedding(hist_ids, table), hist_ratings,
                            hist_ids == 0)
+
+    def rank_top_k(self, user_vec, hist_ids, hist_ratings, cand_ids, k: int, table=None):
+        """The Ranker stage as served: scores ``cand_ids`` [B, C] and keeps the best ``k``.
+        Returns (ids [B, k] int64 taken from cand_ids, scores [B, k] float32), best first."""
+        scores = self.rank(user_vec, hist_ids, hist_ratings, cand_ids, table)
+        top, pos = scores.topk(k, dim=1)
+        return cand_ids.gather(1, pos), top

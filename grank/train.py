@@ -51,6 +51,15 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
                 ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]))
 
 
+def seen_before(hist_ids: torch.Tensor, slots: torch.Tensor, n_ids: int) -> torch.Tensor:
+    """hist_ids: [B, R] long history; slots: [S] long-history slot indices. Returns [B, S, n_ids-1]
+    bool: True where real item j+1 occurs in hist_ids[b, :slots[s]+1] (seen by then)."""
+    B, R = hist_ids.shape
+    first = torch.full((B, n_ids), R, dtype=torch.long)
+    first.scatter_reduce_(1, hist_ids, torch.arange(R).expand(B, R), reduce="amin")
+    return first[:, None, 1:] <= slots[None, :, None]
+
+
 def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     """Forward pass of the training task; returns the individual losses and their total."""
     m, tc = cfg.model, cfg.train
@@ -82,10 +91,15 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     states = x_out[:, :S] if m.query_token else h_out[:, pos]  # [B, S, d] user vector after slot
 
     out = {}
-    logits = (states @ table.T) / tau  # [B, L, N+1]
-    logits[..., 0] = NEG_INF
-    out["ntp"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                 batch["ntp_targets"][:, pos].reshape(-1), ignore_index=0)
+    # Scores against the real items only (column j = dense id j+1): no padding column to mask,
+    # and 1/tau folded into the [B, S, d] states instead of the [B, S, N] logits.
+    logits = (states / tau) @ table[1:].T  # [B, S, N]
+    ntp_t = batch["ntp_targets"][:, pos] - 1  # [B, S] column of the next item, -1 = no loss
+    if tc.ntp_mask_seen:
+        seen = seen_before(hist_ids, pos + hist_ids.shape[1] - L, table.shape[0])
+        seen.scatter_(2, ntp_t.clamp(min=0)[..., None], False)  # a re-consumed target stays a target
+        logits.masked_fill_(seen, NEG_INF)  # in place: mm does not need its output for backward
+    out["ntp"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ntp_t.reshape(-1), ignore_index=-1)
     total = tc.loss_weights[0] * out["ntp"]
     if m.aux_tokens:
         a = x_out[:, S:]
@@ -95,7 +109,7 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
         total = total + tc.loss_weights[1] * out["sa"]
     if model.ranker is not None:
         with torch.no_grad():
-            gl = logits[:, -1].detach().clone()
+            gl = F.pad(logits[:, -1].detach(), (1, 0), value=NEG_INF)  # [B, N+1] by dense id
             gl.scatter_(1, hist_ids, NEG_INF)          # seen items are filtered when served
             gl.scatter_(1, target[:, None], NEG_INF)
             pool = gl.topk(min(tc.ranker_hard_pool, gl.shape[1] - 2), dim=1).indices

@@ -37,3 +37,30 @@ def tiny_trained(tmp_path_factory, ml100k, tiny_cfg):
     summary = train(tiny_cfg, ml100k, out, progress=False)
     model, cfg, _ = load_checkpoint(out / "best.pt", ml100k)
     return model, cfg, out, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, ml100k, tiny_trained):
+    """The tiny checkpoint exported to ONNX and checked against PyTorch (export.build)."""
+    from export.build import export_checkpoint
+    _, _, out, _ = tiny_trained
+    return export_checkpoint(out / "best.pt", tmp_path_factory.mktemp("onnx"), users=64, data=ml100k)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory, tiny_export):
+    from export.build import build_repository
+    return build_repository(tiny_export, tmp_path_factory.mktemp("model_repository"))
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory, tiny_repository):
+    """A real Triton server (the nvidia-pytriton wheel's binary) on free ports, serving the
+    tiny repository; stopped by pid at the end of the session. Start-up failures show the
+    server log's errors."""
+    from serve.server import TritonServer
+    server = TritonServer(tiny_repository, work_dir=tmp_path_factory.mktemp("triton"))
+    server.start(timeout=180)
+    yield server
+    server.stop()
+    assert server.proc.returncode is not None

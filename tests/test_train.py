@@ -147,3 +147,25 @@ def test_speed_projection(ml100k, tiny_cfg):
     assert r["step_seconds"] > 0 and r["steps_per_epoch"] >= 1
     assert r["projected_run_minutes"] == pytest.approx(
         r["step_seconds"] * r["steps_per_epoch"] * tiny_cfg.train.epochs / 60, rel=0.05, abs=0.05)
+
+
+def test_seen_before_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    hist = torch.randint(0, 9, (5, 12), generator=g)  # small id range: repeats and padding
+    slots = torch.tensor([3, 7, 11])
+    m = T.seen_before(hist, slots, 10)
+    assert m.shape == (5, 3, 9)
+    for b in range(5):
+        for s, slot in enumerate(slots.tolist()):
+            seen = set(hist[b, :slot + 1].tolist()) - {0}
+            assert m[b, s].tolist() == [j + 1 in seen for j in range(9)]
+
+
+def test_ntp_softmax_never_masks_its_target(ml100k, tiny_cfg):
+    """Masking seen items must leave every target scorable, even one the user re-consumes:
+    a masked target would cost ~1e9 nats."""
+    batch = _fixed_batch(ml100k, tiny_cfg)
+    batch["ntp_targets"][:, -1] = batch["hist_ids"][:, -1]  # pretend the newest item repeats
+    torch.manual_seed(0)
+    ls = _loss(T.build_model(tiny_cfg, ml100k), batch, tiny_cfg)
+    assert ls["ntp"] < 20, ls

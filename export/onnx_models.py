@@ -1,0 +1,134 @@
+"""Checkpoint -> three ONNX models (user encoder, MIPS top-k, Ranker top-k).
+
+Each wrapper below is a pure inference graph over ``grank.model.GRank`` (never training code)
+whose tensor names, dtypes and shapes come from ``grank.signatures``; axis 0 is dynamic
+(``batch``). The item table is computed once from the item tower and stored as a constant
+(``item_vectors`` [N+1, d] float32): 3,707 x 64 floats = 0.9 MiB for ML-1M. Tables past
+2 GiB go to ONNX external data (``model.onnx.data`` beside the model), ONNX's protobuf limit.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from grank.mips import mips_top_k
+from grank.model import GRank
+from grank.signatures import MIPS, RANKER, USER_ENCODER, Signature, signatures
+
+OPSET = 17            # ONNX Runtime 1.19 (Triton 24.10) and TensorRT 10.5 both take it
+PROTOBUF_LIMIT = 2 ** 31 - 1
+
+
+class UserEncoder(nn.Module):
+    """[B, R] history ids, [B, R] ratings, [B, 4] profile -> user_embedding [B, d]."""
+
+    def __init__(self, model: GRank):
+        super().__init__()
+        self.model = model
+        self.register_buffer("item_vectors", model.item_vectors().detach().clone())
+
+    def forward(self, history_ids, history_ratings, user_features):
+        return self.model.encode_users(history_ids, history_ratings, user_features, self.item_vectors)
+
+
+class MipsTopK(nn.Module):
+    """user_embedding [B, d], history_ids [B, R] -> candidate ids [B, k1] int64 and scores
+    [B, k1] float32: brute-force inner products over the whole catalogue, the padding row and
+    the items of the history excluded (-inf), then TopK."""
+
+    def __init__(self, model: GRank, k: int):
+        super().__init__()
+        self.k, self.tau = k, model.cfg.tau
+        self.register_buffer("item_vectors", model.item_vectors().detach().clone())
+
+    def forward(self, user_embedding, history_ids):
+        scores, ids = mips_top_k(user_embedding, self.item_vectors, self.k, self.tau,
+                                 exclude_ids=history_ids)
+        return ids, scores
+
+
+class RankerTopK(nn.Module):
+    """user_embedding [B, d], history [B, R] ids + ratings, candidate_ids [B, k1] ->
+    item_ids [B, k2] int64 and scores [B, k2] float32, best first."""
+
+    def __init__(self, model: GRank, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+        self.register_buffer("item_vectors", model.item_vectors().detach().clone())
+
+    def forward(self, user_embedding, history_ids, history_ratings, candidate_ids):
+        return self.model.rank_top_k(user_embedding, history_ids, history_ratings, candidate_ids,
+                                     self.k, self.item_vectors)
+
+
+def graphs(model: GRank, k1: int, k2: int) -> dict[str, nn.Module]:
+    """The exported graphs by served model name, in eval mode."""
+    model.eval()
+    return {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(model, k1).eval(),
+            RANKER: RankerTopK(model, k2).eval()}
+
+
+def example_inputs(sig: Signature, arrays: dict[str, np.ndarray]) -> tuple:
+    """The signature's inputs, in order, as torch tensors from ``arrays`` (name -> array)."""
+    return tuple(torch.as_tensor(arrays[t.name]) for t in sig.inputs)
+
+
+def export_one(module: nn.Module, sig: Signature, arrays: dict[str, np.ndarray], path: Path,
+               external_above: int = PROTOBUF_LIMIT - (1 << 20)) -> Path:
+    """Trace ``module`` on real inputs and write ``path`` (ONNX, opset OPSET, dynamic batch).
+    Models larger than ``external_above`` bytes keep their weights in ``<path>.data``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [t.name for t in sig.inputs] + [t.name for t in sig.outputs]
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        # k, d and R are constants of a model version by design: the tracer's "treated as a
+        # constant" warnings about them are expected
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # slices with a step (the padding tricks of prefix_means) stay Slice nodes: fine
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(module, example_inputs(sig, arrays), str(tmp), dynamo=False,
+                          opset_version=OPSET, input_names=[t.name for t in sig.inputs],
+                          output_names=[t.name for t in sig.outputs],
+                          dynamic_axes={n: {0: "batch"} for n in names})
+    m = onnx.load(str(tmp))
+    # The tracer leaves some output dims symbolic (TopK's k); the signature is the contract.
+    for vals, tensors in ((m.graph.input, sig.inputs), (m.graph.output, sig.outputs)):
+        for v, t in zip(vals, tensors):
+            dims = v.type.tensor_type.shape.dim
+            dims[0].dim_param = "batch"
+            for d, n in zip(dims[1:], t.dims):
+                d.dim_value = n
+    m.doc_string = f"GRank {sig.name}: " + "; ".join(
+        f"{t.name} {t.dtype}[batch, {', '.join(map(str, t.dims))}]" for t in sig.inputs + sig.outputs)
+    tmp.unlink()
+    for f in path.parent.glob(path.name + ".data"):
+        f.unlink()
+    if m.ByteSize() > external_above:
+        onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(m, str(path))
+    onnx.checker.check_model(str(path))  # the path form also validates external data
+    return path
+
+
+def reference_outputs(module: nn.Module, sig: Signature, arrays: dict[str, np.ndarray]) -> dict:
+    """PyTorch outputs of ``module`` (name -> numpy) for the parity check."""
+    with torch.no_grad():
+        outs = module(*example_inputs(sig, arrays))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {t.name: o.numpy() for t, o in zip(sig.outputs, outs)}
+
+
+def export_all(model: GRank, cfg, arrays: dict[str, np.ndarray], out: Path,
+               external_above: int = PROTOBUF_LIMIT - (1 << 20)) -> dict[str, Path]:
+    """Export the three graphs to ``out/<model name>.onnx``; ``arrays`` holds real inputs for
+    every tensor a graph takes (history, ratings, profile, and the intermediate tensors)."""
+    sigs = signatures(cfg)
+    return {name: export_one(g, sigs[name], arrays, Path(out) / f"{name}.onnx", external_above)
+            for name, g in graphs(model, cfg.eval.k1, cfg.eval.k2).items()}

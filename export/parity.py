@@ -1,0 +1,98 @@
+"""Parity of every exported graph with PyTorch, on real users, checked with Polygraphy.
+
+Inputs are the served histories of real users (``grank.batches.eval_inputs``, test stage); the
+intermediate tensors each graph takes (user_embedding, candidate_ids) come from the PyTorch
+pipeline, so every graph is compared on exactly what it sees in the ensemble.
+
+Tolerances (both sides are float32; ONNX Runtime fuses LayerNorm/GELU/MatMul differently and
+sums in another order, which moves results by a few float32 ulps per layer):
+- user_embedding (LayerNorm outputs, |x| ~ 1): atol 1e-4 + rtol 1e-4;
+- scores (inner products over d = 64 of such values, |s| ~ 10): atol 1e-3;
+- ids: compared with ``grank.mips.topk_disagreements``: equal up to items whose scores lie
+  within the score tolerance of the k-th score (ties and near ties may be cut differently).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grank.batches import eval_inputs
+from grank.data import split as make_split
+from grank.mips import topk_disagreements
+from grank.signatures import MIPS, RANKER, USER_ENCODER, signatures
+
+ATOL = {"user_embedding": 1e-4, "candidate_scores": 1e-3, "scores": 1e-3}
+RTOL = {"user_embedding": 1e-4, "candidate_scores": 0.0, "scores": 0.0}
+TOPK = {MIPS: ("candidate_ids", "candidate_scores"), RANKER: ("item_ids", "scores")}
+
+
+def real_inputs(data, cfg, n_users: int = 64, seed: int = 0, stage: str = "test") -> dict:
+    """Served inputs of ``n_users`` random real users: name -> array [n, ...]."""
+    sp = make_split(data, cfg.train.max_users)
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(sp.users, size=min(n_users, len(sp.users)), replace=False))
+    ids, rat, feats, _, _ = eval_inputs(sp, users, stage, cfg.model.ranker_history)
+    return {"history_ids": ids, "history_ratings": rat, "user_features": feats.astype(np.int64)}
+
+
+def pipeline_arrays(graphs: dict, inputs: dict) -> dict:
+    """Run the PyTorch graphs in ensemble order; returns every tensor by name (numpy)."""
+    t = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        t["user_embedding"] = graphs[USER_ENCODER](t["history_ids"], t["history_ratings"], t["user_features"])
+        t["candidate_ids"], t["candidate_scores"] = graphs[MIPS](t["user_embedding"], t["history_ids"])
+        t["item_ids"], t["scores"] = graphs[RANKER](t["user_embedding"], t["history_ids"],
+                                                    t["history_ratings"], t["candidate_ids"])
+    return {k: v.numpy() for k, v in t.items()}
+
+
+def check_onnx(paths: dict, cfg, arrays: dict, save_dir: Path | None = None, quiet: bool = True) -> dict[str, list[str]]:
+    """Run each ONNX model with Polygraphy's ONNX Runtime runner on ``arrays`` (the PyTorch
+    pipeline's tensors) and compare. Returns model name -> list of problems (empty = parity).
+    With ``save_dir``, writes Polygraphy JSON inputs and reference outputs per model, so that
+    ``polygraphy run <model>.onnx --onnxrt --load-inputs ... --load-outputs ...`` repeats it."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.json import save_json
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR if quiet else G_LOGGER.INFO
+    sigs = signatures(cfg)
+    problems = {}
+    for name, path in paths.items():
+        sig = sigs[name]
+        feed = {t.name: arrays[t.name] for t in sig.inputs}
+        ref = {t.name: arrays[t.name] for t in sig.outputs}
+        results = Comparator.run([OnnxrtRunner(SessionFromOnnx(str(path)), name="onnxrt")],
+                                 data_loader=[feed])
+        got = results[0][1][0]
+        reference = ("pytorch", [IterationResult(ref, runner_name="pytorch")])
+        pyt = RunResults()
+        pyt.append(reference)
+        pyt.append(results[0])
+        floats = [t.name for t in sig.outputs if t.dtype == "float32"]
+        acc = Comparator.compare_accuracy(
+            pyt, compare_func=SimpleCompareFunc(atol={n: ATOL[n] for n in floats},
+                                                 rtol={n: RTOL[n] for n in floats},
+                                                 check_shapes=True),
+        )
+        found = [] if acc else [f"{name}: {', '.join(floats)} outside atol/rtol (see Polygraphy log)"]
+        for t in sig.outputs:
+            if got[t.name].dtype != np.dtype(t.dtype) or got[t.name].shape != ref[t.name].shape:
+                found.append(f"{name}: {t.name} is {got[t.name].dtype}{list(got[t.name].shape)}, "
+                             f"expected {t.dtype}{list(ref[t.name].shape)}")
+        if name in TOPK:
+            i, s = TOPK[name]
+            found += [f"{name}: row {b}: {m}"
+                      for b, m in topk_disagreements(ref[i], ref[s], got[i], got[s], ATOL[s])]
+        problems[name] = found
+        if save_dir is not None:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            save_json([feed], str(save_dir / f"{name}.inputs.json"))
+            only_ref = RunResults()
+            only_ref.append(reference)
+            save_json(only_ref, str(save_dir / f"{name}.reference.json"))
+    return problems

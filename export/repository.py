@@ -1,0 +1,125 @@
+"""The Triton model repository: config.pbtxt generated from ``grank.signatures``, model files
+built from a checkpoint.
+
+Committed: ``model_repository/<model>/config.pbtxt`` for the default model (regenerate with
+``python -m export configs``; ``tests/test_repository.py`` fails on drift). Built (git-ignored):
+``<model>/<version>/model.onnx`` for the three ONNX models, and ``model.py``,
+``validation.py`` and ``limits.json`` for the Python-backend validator.
+
+No ``instance_group`` is written on purpose: Triton then places one instance on each GPU when
+there are GPUs (NGC container: the native ONNX Runtime backend keeps tensors on the GPU between
+the ensemble's steps) and on the CPU otherwise (the embedded server), from one repository.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from grank.config import Config
+from grank.signatures import (ENSEMBLE, MIPS, ONNX_MODELS, RANKER, USER_ENCODER, VALIDATE,
+                              VALIDATED_PREFIX, Signature, signatures)
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "model_repository"
+VALIDATOR_SOURCES = (ROOT / "serve" / "validate" / "model.py", ROOT / "grank" / "validation.py")
+
+MAX_BATCH_SIZE = 256             # rows per request and per dynamically formed batch
+MAX_QUEUE_DELAY_US = 100         # dynamic batching: wait at most this long to fill a batch
+HEADER = ("# Generated from grank/signatures.py by `python -m export configs` (committed) or\n"
+          "# `python -m export repository`; history {R}, d {d}, k1 {k1}, k2 {k2}. Do not edit.\n")
+
+
+def _tensors(kind: str, tensors) -> str:
+    rows = [f'  {{\n    name: "{t.name}"\n    data_type: {t.triton_type}\n'
+            f'    dims: [ {", ".join(map(str, t.dims))} ]\n  }}' for t in tensors]
+    return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+
+
+def _model_config(sig: Signature, backend: str) -> str:
+    return (f'name: "{sig.name}"\nbackend: "{backend}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+            + _tensors("input", sig.inputs) + _tensors("output", sig.outputs)
+            + f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n")
+
+
+def _step(model: str, inputs: dict, outputs: dict) -> str:
+    maps = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())
+    maps += "".join(f'      output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in outputs.items())
+    return f'    {{\n      model_name: "{model}"\n      model_version: -1\n{maps}    }}'
+
+
+def _ensemble_config(sigs: dict) -> str:
+    ens = sigs[ENSEMBLE]
+    v = lambda t: VALIDATED_PREFIX + t  # noqa: E731  tensors that passed the validator
+    steps = [
+        _step(VALIDATE, {t.name: t.name for t in sigs[VALIDATE].inputs},
+              {t.name: t.name for t in sigs[VALIDATE].outputs}),
+        _step(USER_ENCODER, {t.name: v(t.name) for t in sigs[USER_ENCODER].inputs},
+              {"user_embedding": "user_embedding"}),
+        _step(MIPS, {"user_embedding": "user_embedding", "history_ids": v("history_ids")},
+              {"candidate_ids": "candidate_ids"}),
+        _step(RANKER, {"user_embedding": "user_embedding", "history_ids": v("history_ids"),
+                       "history_ratings": v("history_ratings"), "candidate_ids": "candidate_ids"},
+              {t.name: t.name for t in ens.outputs}),
+    ]
+    return (f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+            + _tensors("input", ens.inputs) + _tensors("output", ens.outputs)
+            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
+
+
+def model_configs(cfg: Config) -> dict[str, str]:
+    """config.pbtxt text for every model of the repository, by model name."""
+    sigs = signatures(cfg)
+    head = HEADER.format(R=cfg.model.ranker_history, d=cfg.model.d_model, k1=cfg.eval.k1, k2=cfg.eval.k2)
+    out = {name: head + _model_config(sigs[name], "onnxruntime") for name in ONNX_MODELS}
+    out[VALIDATE] = head + _model_config(sigs[VALIDATE], "python")
+    out[ENSEMBLE] = head + _ensemble_config(sigs)
+    return out
+
+
+def write_configs(cfg: Config, repo: Path) -> list[Path]:
+    paths = []
+    for name, text in model_configs(cfg).items():
+        p = Path(repo) / name / "config.pbtxt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        paths.append(p)
+    return paths
+
+
+def config_drift(cfg: Config, repo: Path) -> list[str]:
+    """Models whose config.pbtxt in ``repo`` differs from what ``cfg`` generates."""
+    return [name for name, text in model_configs(cfg).items()
+            if not (Path(repo) / name / "config.pbtxt").exists()
+            or (Path(repo) / name / "config.pbtxt").read_text() != text]
+
+
+def build(cfg: Config, onnx_paths: dict, limits: dict, repo: Path, version: int = 1,
+          force: bool = False) -> Path:
+    """Write configs and model files for one model version into ``repo``.
+
+    Refuses (unless ``force``) to overwrite existing config.pbtxt files that differ from the
+    ones this checkpoint needs, e.g. building a tiny checkpoint into the committed repository.
+    """
+    repo = Path(repo)
+    drift = [n for n in config_drift(cfg, repo) if (repo / n / "config.pbtxt").exists()]
+    if drift and not force:
+        raise ValueError(f"{repo}: config.pbtxt of {', '.join(drift)} would change (this checkpoint "
+                         "has other shapes); build into another --repository "
+                         "or pass --force")
+    write_configs(cfg, repo)
+    for name in ONNX_MODELS:
+        d = repo / name / str(version)
+        d.mkdir(parents=True, exist_ok=True)
+        src = Path(onnx_paths[name])
+        shutil.copyfile(src, d / "model.onnx")
+        data = src.with_name(src.name + ".data")
+        if data.exists():  # external data keeps the location written in the model: the same name
+            shutil.copyfile(data, d / data.name)
+    (repo / ENSEMBLE / str(version)).mkdir(parents=True, exist_ok=True)  # Triton needs one, empty
+    d = repo / VALIDATE / str(version)
+    d.mkdir(parents=True, exist_ok=True)
+    for src in VALIDATOR_SOURCES:
+        shutil.copyfile(src, d / src.name)
+    (d / "limits.json").write_text(json.dumps(limits, indent=1))
+    return repo

@@ -1,0 +1,91 @@
+"""Export: ONNX graphs match PyTorch on real users (Polygraphy), names/shapes come from the
+signatures, the batch axis is dynamic, large tables go to external data."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.onnx_models import export_one, graphs
+from export.parity import check_onnx
+from grank.signatures import MIPS, ONNX_MODELS, RANKER, USER_ENCODER, signatures
+
+
+def test_parity_on_real_users(tiny_export):
+    assert set(tiny_export.problems) == set(ONNX_MODELS)
+    assert tiny_export.problems == {n: [] for n in ONNX_MODELS}
+    assert len(tiny_export.arrays["history_ids"]) == 64
+
+
+def test_onnx_names_dtypes_and_dynamic_batch(tiny_export):
+    sigs = signatures(tiny_export.cfg)
+    for name, path in tiny_export.paths.items():
+        g = onnx.load(str(path)).graph
+        for vals, tensors in ((g.input, sigs[name].inputs), (g.output, sigs[name].outputs)):
+            assert [v.name for v in vals] == [t.name for t in tensors]  # never "input.1"
+            for v, t in zip(vals, tensors):
+                dims = v.type.tensor_type.shape.dim
+                assert dims[0].dim_param == "batch"
+                assert [d.dim_value for d in dims[1:]] == list(t.dims)
+                assert onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) == np.dtype(t.dtype)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_any_batch_size_runs(tiny_export, batch):
+    """The traced batch was 64; other sizes must give the same rows."""
+    a = tiny_export.arrays
+    sess = ort.InferenceSession(str(tiny_export.paths[USER_ENCODER]))
+    got = sess.run(None, {k: a[k][:batch] for k in ("history_ids", "history_ratings", "user_features")})[0]
+    np.testing.assert_allclose(got, a["user_embedding"][:batch], atol=1e-4, rtol=1e-4)
+
+
+def test_mips_never_returns_history_or_padding(tiny_export):
+    a = tiny_export.arrays
+    sess = ort.InferenceSession(str(tiny_export.paths[MIPS]))
+    ids, _ = sess.run(None, {"user_embedding": a["user_embedding"], "history_ids": a["history_ids"]})
+    assert (ids > 0).all()
+    for row, hist in zip(ids, a["history_ids"]):
+        assert not set(row.tolist()) & set(hist.tolist())
+
+
+def test_parity_check_catches_a_wrong_model(tiny_export, tmp_path):
+    """The check is not vacuous: a ranker exported from perturbed weights must fail it."""
+    import torch
+    model = tiny_export.model
+    cfg = tiny_export.cfg
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in model.ranker.head.parameters():
+                p.add_(0.5)
+        bad = export_one(graphs(model, cfg.eval.k1, cfg.eval.k2)[RANKER], signatures(cfg)[RANKER],
+                         tiny_export.arrays, tmp_path / "ranker.onnx")
+    finally:
+        model.load_state_dict(state)
+    problems = check_onnx({RANKER: bad}, cfg, tiny_export.arrays)[RANKER]
+    assert problems and any("scores" in p for p in problems)
+
+
+def test_external_data_for_large_tables(tiny_export, tmp_path):
+    """Past the protobuf limit the weights go to <model>.onnx.data; forced here with a tiny
+    threshold so that the path is exercised."""
+    cfg, a = tiny_export.cfg, tiny_export.arrays
+    g = graphs(tiny_export.model, cfg.eval.k1, cfg.eval.k2)[MIPS]
+    path = export_one(g, signatures(cfg)[MIPS], a, tmp_path / "mips.onnx", external_above=0)
+    assert (tmp_path / "mips.onnx.data").stat().st_size > 0
+    assert check_onnx({MIPS: path}, cfg, a)[MIPS] == []
+
+
+def test_polygraphy_cli_repeats_the_check(tiny_export):
+    """The saved inputs / reference outputs let `polygraphy run` repeat the check (README)."""
+    out = tiny_export.paths[USER_ENCODER].parent
+    cmd = [str(Path(sys.executable).parent / "polygraphy"), "run", str(tiny_export.paths[USER_ENCODER]), "--onnxrt",
+           "--load-inputs", str(out / "parity" / f"{USER_ENCODER}.inputs.json"),
+           "--load-outputs", str(out / "parity" / f"{USER_ENCODER}.reference.json"),
+           "--atol", "1e-4", "--rtol", "1e-4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "PASSED" in r.stdout + r.stderr

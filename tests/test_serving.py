@@ -1,0 +1,160 @@
+"""The real Triton server (session fixture ``triton_server``, tiny repository on free ports):
+every model answers, the ensemble equals the offline pipeline over gRPC and HTTP, bad input
+gets errors naming the field, and the server keeps answering afterwards."""
+import asyncio
+import concurrent.futures as cf
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from client.grank_client import GRankClient
+from client.selfcheck import self_check
+from grank.signatures import ENSEMBLE, MIPS, RANKER, USER_ENCODER, VALIDATE, signatures
+
+MODULES = {"grpc": grpcclient, "http": httpclient}
+
+
+def raw_infer(server, protocol, model, arrays, sig):
+    m = MODULES[protocol]
+    c = m.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
+    ins = []
+    for t in sig.inputs:
+        a = arrays[t.name]
+        x = m.InferInput(t.name, list(a.shape), {np.dtype("int64"): "INT64", np.dtype("float32"): "FP32"}.get(a.dtype, "FP64"))
+        x.set_data_from_numpy(a)
+        ins.append(x)
+    r = c.infer(model, ins)
+    return {t.name: r.as_numpy(t.name) for t in sig.outputs}
+
+
+@pytest.fixture(scope="module")
+def clients(triton_server, ml100k):
+    return {"grpc": GRankClient(triton_server.grpc_url, "grpc", data=ml100k),
+            "http": GRankClient(triton_server.http_url, "http", data=ml100k)}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_every_composing_model_answers(triton_server, tiny_export, protocol):
+    sigs, a = signatures(tiny_export.cfg), tiny_export.arrays
+    batch = {k: v[:8] for k, v in a.items()}
+    out = raw_infer(triton_server, protocol, VALIDATE, batch, sigs[VALIDATE])
+    np.testing.assert_array_equal(out["valid_history_ids"], batch["history_ids"])
+    out = raw_infer(triton_server, protocol, USER_ENCODER, batch, sigs[USER_ENCODER])
+    np.testing.assert_allclose(out["user_embedding"], batch["user_embedding"], atol=1e-4, rtol=1e-4)
+    out = raw_infer(triton_server, protocol, MIPS, batch, sigs[MIPS])
+    np.testing.assert_allclose(out["candidate_scores"], batch["candidate_scores"], atol=1e-3)
+    out = raw_infer(triton_server, protocol, RANKER, batch, sigs[RANKER])
+    np.testing.assert_allclose(out["scores"], batch["scores"], atol=1e-3)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ensemble_equals_offline_pipeline_for_50_real_users(clients, tiny_export, protocol):
+    bad = self_check(clients[protocol], tiny_export.model, tiny_export.cfg, n_users=50, seed=1)
+    assert bad == []
+
+
+def test_async_client(clients):
+    sync = clients["grpc"].recommend_users([1, 2, 3], k=5)
+    for proto in ("grpc", "http"):
+        got = asyncio.run(clients[proto].recommend_async([1, 2, 3], k=5))
+        assert [[r.movie_id for r in row] for row in got] == [[r.movie_id for r in row] for row in sync]
+
+
+def test_recommend_explicit_history_with_titles(clients, ml100k):
+    movies = [int(m) for m in ml100k.item_movie_ids[1:6]]
+    recs = clients["http"].recommend_history(movies, ratings=[5, 4, 5, 3, 4], k=10)
+    assert len(recs) == 10 and all(r.title for r in recs)
+    assert not {r.movie_id for r in recs} & set(movies)  # the history is never recommended
+    assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+
+
+def _good(tiny_export, n=2):
+    return {k: tiny_export.arrays[k][:n].copy() for k in ("history_ids", "history_ratings", "user_features")}
+
+
+def _bad_requests(tiny_export, n_items, R):
+    """(description, arrays, words the server's error must contain)."""
+    cases = []
+    a = _good(tiny_export); a["history_ids"][0, -1] = -3
+    cases.append(("negative id", a, ["history_ids", "0.."]))
+    a = _good(tiny_export); a["history_ids"][1, -2] = n_items + 1
+    cases.append(("unknown id", a, ["history_ids", str(n_items)]))
+    a = _good(tiny_export); a["history_ids"][0] = 0; a["history_ratings"][0] = 0
+    cases.append(("empty history", a, ["history_ids", "empty"]))
+    a = _good(tiny_export); a["history_ids"][0, -1] = 0
+    cases.append(("padding after items", a, ["history_ids", "padding"]))
+    a = _good(tiny_export); a["history_ratings"][0, -1] = 9
+    cases.append(("rating out of range", a, ["history_ratings", "0..5"]))
+    a = _good(tiny_export); a["user_features"][0, 2] = 999
+    cases.append(("profile out of range", a, ["user_features", "column 2"]))
+    a = _good(tiny_export); a["history_ids"] = a["history_ids"].astype(np.float32)
+    cases.append(("wrong dtype", a, ["history_ids", "INT64"]))
+    a = _good(tiny_export)
+    a = {k: np.concatenate([v, v[:, :1]], 1) if k != "user_features" else v for k, v in a.items()}
+    cases.append(("history longer than the maximum", a, ["unexpected shape", "history_", f"{R}]"]))
+    a = {k: np.repeat(v, 129, 0) for k, v in _good(tiny_export).items()}  # 258 rows > 256
+    cases.append(("batch above max_batch_size", a, ["batch-size", "256"]))
+    return cases
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(triton_server, tiny_export, ml100k, protocol):
+    sig = signatures(tiny_export.cfg)[ENSEMBLE]
+    good = _good(tiny_export)
+    before = raw_infer(triton_server, protocol, ENSEMBLE, good, sig)
+    for what, arrays, words in _bad_requests(tiny_export, ml100k.n_items, tiny_export.cfg.model.ranker_history):
+        with pytest.raises(InferenceServerException) as e:
+            raw_infer(triton_server, protocol, ENSEMBLE, arrays, sig)
+        msg = str(e.value)
+        assert all(w.lower() in msg.lower() for w in words), (what, msg)
+        assert "[500]" not in msg and "INTERNAL" not in msg, (what, msg)  # the caller's mistake
+    after = raw_infer(triton_server, protocol, ENSEMBLE, good, sig)
+    np.testing.assert_array_equal(before["item_ids"], after["item_ids"])
+    assert triton_server.proc.poll() is None
+
+
+def test_client_rejects_bad_input_before_sending(clients, tiny_export, ml100k):
+    c = clients["grpc"]
+    for what, arrays, words in _bad_requests(tiny_export, ml100k.n_items, tiny_export.cfg.model.ranker_history):
+        with pytest.raises(ValueError) as e:
+            c.infer(arrays)
+        field = {"batch-size": "batch", "unexpected shape": "history_ids"}.get(words[0], words[0])
+        assert str(e.value).startswith(field), (what, str(e.value))
+    with pytest.raises(ValueError, match="not in the ml-100k catalogue"):
+        c.history_request([1, 999999])
+    with pytest.raises(ValueError, match="at least one movie"):
+        c.history_request([])
+    with pytest.raises(ValueError, match="at most"):
+        c.history_request([int(m) for m in ml100k.item_movie_ids[1:c.history_length + 2]])
+    with pytest.raises(ValueError, match="user_id"):
+        c.user_request([10 ** 7])
+
+
+def test_good_and_bad_requests_interleaved_under_concurrency(triton_server, tiny_export, ml100k):
+    """Dynamic batching may put requests from different clients into one batch: a bad request
+    must fail alone, and every good one must get its own (correct) answer."""
+    sig = signatures(tiny_export.cfg)[ENSEMBLE]
+    a = tiny_export.arrays
+    bad = _good(tiny_export); bad["history_ids"][0, -1] = ml100k.n_items + 5
+
+    def call(i):
+        if i % 4 == 3:
+            try:
+                raw_infer(triton_server, "grpc", ENSEMBLE, bad, sig)
+            except InferenceServerException as e:
+                return "error", str(e)
+            return "no error", None
+        row = {k: a[k][i:i + 1] for k in ("history_ids", "history_ratings", "user_features")}
+        return "ok", (i, raw_infer(triton_server, "grpc", ENSEMBLE, row, sig)["scores"][0])
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(32)))
+    for kind, val in results:
+        if kind == "ok":
+            i, scores = val
+            np.testing.assert_allclose(scores, a["scores"][i], atol=1e-3)
+        else:
+            assert kind == "error" and "history_ids" in val
