@@ -14,14 +14,24 @@ THREADS ?= 0
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?= -rs -q
 TRITON_IMAGE ?= nvcr.io/nvidia/tritonserver:24.10-py3
+CHECKPOINT ?= $(ARTIFACTS)/$(PRESET)/grank/best.pt
+REPOSITORY ?= model_repository
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+CONCURRENCY ?= 1:4:1
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: help setup setup-gpu data train train-all evaluate demo test clean
+.PHONY: help setup setup-gpu data train train-all evaluate demo test clean export repository \
+	configs tensorrt serve serve-container selfcheck perf
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "Variables (override with make VAR=value): PRESET=$(PRESET) VARIANT=$(VARIANT) SEED=$(SEED)"
 	@echo "  DEMO_PRESET=$(DEMO_PRESET) THREADS=$(THREADS) ARTIFACTS=$(ARTIFACTS) PY=$(PY)"
+	@echo "  CHECKPOINT=$(CHECKPOINT) REPOSITORY=$(REPOSITORY)"
+	@echo "  HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) METRICS_PORT=$(METRICS_PORT) CONCURRENCY=$(CONCURRENCY)"
+	@echo "  TRITON_IMAGE=$(TRITON_IMAGE)"
 
 setup: $(STAMP) ## Create .venv with every pinned dependency (idempotent)
 
@@ -62,11 +72,39 @@ evaluate: train-all ## Train missing rows (train-all), evaluate every row; write
 	$(PY) -m grank results --preset $(PRESET) --seed $(SEED) --artifacts $(ARTIFACTS) \
 	  --note "Rows trained $(JOBS) at a time (make train-all), one torch thread each: each training had one core of the machine."
 
-demo: setup ## Set up, train GRank on the demo preset (minutes), evaluate it, print the table
+demo: setup ## Everything: train (DEMO_PRESET, minutes), evaluate, export, serve on Triton, query gRPC+HTTP, perf sweep
 	$(PY) -m grank demo --preset $(DEMO_PRESET) --seed $(SEED) --artifacts $(ARTIFACTS)
+	$(PY) -m serve.demo --checkpoint $(ARTIFACTS)/$(DEMO_PRESET)/grank/best.pt --repository $(REPOSITORY) \
+	  --artifacts $(ARTIFACTS) --concurrency $(CONCURRENCY)
+
+export: setup ## Export CHECKPOINT to ONNX (+ Polygraphy parity on real users) into $(ARTIFACTS)/export
+	$(PY) -m export onnx --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)/export
+
+repository: setup ## Export CHECKPOINT and build the Triton model repository (REPOSITORY)
+	$(PY) -m export repository --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)/export --repository $(REPOSITORY)
+
+configs: setup ## Regenerate the committed config.pbtxt files from grank/signatures.py
+	$(PY) -m export configs
+
+tensorrt: setup ## GPU + TensorRT only: FP16 engines from CHECKPOINT, compared with ONNX Runtime
+	$(PY) -m export tensorrt --checkpoint $(CHECKPOINT) --onnx-dir $(ARTIFACTS)/export --out $(ARTIFACTS)/tensorrt
+
+serve: setup ## Run the embedded Triton server on REPOSITORY until Ctrl-C (ports: HTTP_PORT GRPC_PORT METRICS_PORT)
+	$(PY) -m serve --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
+	  --metrics-port $(METRICS_PORT) --work-dir $(ARTIFACTS)/triton
+
+serve-container: ## Serve REPOSITORY in the NGC container on a GPU (needs Docker + NVIDIA runtime)
+	docker run --rm --gpus all -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
+	  -v $(CURDIR)/$(REPOSITORY):/models $(TRITON_IMAGE) tritonserver --model-repository=/models
+
+selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 50 real users
+	$(PY) -m client selfcheck --grpc-url localhost:$(GRPC_PORT) --http-url localhost:$(HTTP_PORT) --checkpoint $(CHECKPOINT)
+
+perf: setup ## perf_analyzer concurrency sweep (CONCURRENCY) against a running server; CSV + plot in $(ARTIFACTS)/perf
+	$(PY) -m perf sweep --url localhost:$(GRPC_PORT) --concurrency $(CONCURRENCY) --out $(ARTIFACTS)/perf
 
 test: setup ## Run the test suite (CPU; GPU tests are skipped with the reason)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 clean: ## Remove build outputs (keeps .venv)
-	rm -rf $(ARTIFACTS) .pytest_cache
+	rm -rf $(ARTIFACTS) .pytest_cache $(REPOSITORY)/*/[0-9]*

@@ -116,8 +116,11 @@ class Generator(nn.Module):
         x: [B, M, d] query tokens, x_vis: [B or 1, M, L] bool history visibility.
         Returns (history outputs [B, L, d], query outputs [B, M, d] or None), final-LN'd."""
         L = h.shape[1]
-        causal = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
-        eye = torch.eye(L, dtype=torch.bool, device=h.device)
+        # from a Range + comparisons: exports to ops every ONNX Runtime / TensorRT build has
+        # (a boolean EyeLike, which torch.eye(dtype=bool) becomes, has no CPU kernel in ORT)
+        idx = torch.arange(L, device=h.device)
+        causal = idx[None, :] <= idx[:, None]
+        eye = idx[None, :] == idx[:, None]
         # keys that are padding are hidden, except a slot's own key so no row is empty
         hh = (causal[None] & ~pad[:, None, :]) | eye[None]
         xh = None if x is None else (x_vis & ~pad[:, None, :])[:, None]

@@ -1,0 +1,88 @@
+"""python -m serve.demo: the serving half of ``make demo``.
+
+From a trained checkpoint: export + Polygraphy parity -> model repository -> embedded Triton
+server on free ports -> top-10 titles for real users over gRPC and HTTP (and one explicit
+history, and one bad request) -> self-check of 50 users against PyTorch -> a short
+perf_analyzer sweep with its plot -> server stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _show(title: str, recs) -> None:
+    print(title)
+    for i, r in enumerate(recs, 1):
+        print(f"  {i:2d}. {r.title} [movie {r.movie_id}]  {r.score:.3f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m serve.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--repository", default="model_repository")
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--users", type=int, nargs="+", default=[1, 42, 2024], help="MovieLens user ids to show")
+    ap.add_argument("--concurrency", default="1:4:1", help="perf_analyzer sweep")
+    a = ap.parse_args(argv)
+
+    from client.grank_client import GRankClient
+    from client.selfcheck import self_check
+    from export.build import build_repository, export_checkpoint
+    from perf.sweep import sweep
+
+    from .server import TritonServer
+    art = Path(a.artifacts)
+    t0 = time.time()
+    print(f"== export {a.checkpoint} (ONNX + Polygraphy parity on 64 real users)")
+    ex = export_checkpoint(a.checkpoint, art / "export")
+    for name, probs in ex.problems.items():
+        print(f"  {name:20s} {'parity OK' if not probs else probs[:3]}")
+    repo = build_repository(ex, a.repository)
+    print(f"== model repository {repo} built ({time.time() - t0:.0f} s)")
+    server = TritonServer(repo, work_dir=art / "triton")
+    t1 = time.time()
+    server.start()
+    print(f"== Triton 2.51 ready in {time.time() - t1:.1f} s: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+          f"metrics {server.metrics_url} (pid {server.proc.pid}, log {server.log_file})")
+    failed = False
+    try:
+        clients = {p: GRankClient(server.grpc_url if p == "grpc" else server.http_url, p, data=ex.data)
+                   for p in ("grpc", "http")}
+        for proto, users in (("grpc", a.users), ("http", a.users[:1])):
+            t = time.perf_counter()
+            recs = clients[proto].recommend_users(users, k=10)
+            ms = (time.perf_counter() - t) * 1e3
+            for u, rs in zip(users, recs):
+                _show(f"-- user {u}, top 10 over {proto} ({ms:.0f} ms for the request of {len(users)})", rs)
+        star_wars = [260, 1196, 1210]  # MovieLens ids: the original Star Wars trilogy
+        _show("-- explicit history: Star Wars IV, V, VI rated 5 (http)",
+              clients["http"].recommend_history(star_wars, [5, 5, 5], k=10))
+        bad_req = clients["grpc"].history_request([260])
+        bad_req["history_ids"][0, -1] = ex.data.n_items + 10  # an id past the catalogue
+        try:  # sent without the client-side check, so that the SERVER's answer is shown
+            clients["grpc"].infer(bad_req, validate=False)
+        except Exception as e:
+            print(f"-- a bad request is rejected by the server: {str(e).splitlines()[0][:200]}")
+        for proto, c in clients.items():
+            bad = self_check(c, ex.model, ex.cfg, n_users=50)
+            print(f"== self-check over {proto}: {50 - len(bad)}/50 users equal the local PyTorch pipeline")
+            failed |= bool(bad)
+        res = sweep(clients["grpc"], server.grpc_url, "grpc", art / "demo-perf", concurrency=a.concurrency,
+                    interval_ms=2000, stability=50)  # a short look, not a capacity figure
+        print(f"== perf_analyzer: {res['command']}")
+        print(f"   {'concurrency':>11} {'infer/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+        for r in res["rows"]:
+            print(f"   {r['load']:11g} {r['qps']:8.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}")
+        print(f"   plot {res['dir']}/perf.png, CSV {res['dir']}/perf.csv")
+    finally:
+        server.stop()
+        print(f"== server stopped; serving demo took {time.time() - t0:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
