@@ -28,16 +28,29 @@ def test_make_help_is_default_and_documents_every_target():
             assert t in out.stdout, f"make help does not document {t}"
 
 
-@pytest.mark.parametrize("line", [l for l in README.splitlines() if l.startswith("python -m grank ")])
+CLI_LINES = [l for l in README.splitlines()
+             if re.match(r"python -m (grank|export|serve|client|perf)( |$)", l)]
+
+
+def _main(pkg):
+    import importlib
+    return importlib.import_module(f"{pkg}.__main__").main
+
+
+@pytest.mark.parametrize("line", CLI_LINES)
 def test_readme_cli_lines_parse(line):
-    """Every `python -m grank ...` line of the README is accepted by the argument parser."""
-    from grank.__main__ import main
-    args = line.split("#")[0].split()[3:]
-    args = [a for a in args if not (a.startswith("[") or a.endswith("]"))]
+    """Every `python -m <package> ...` line of the README is accepted by its argument parser."""
+    words = line.split("#")[0].split()
+    pkg, args = words[2], words[3:]
+    args = [a for a in args if not (a.startswith("[") or a.endswith("]")) and a != "\\"]
     # parse only: --help exits 0 after parsing everything before it
     with pytest.raises(SystemExit) as e:
-        main(args + ["--help"])
+        _main(pkg)(args + ["--help"])
     assert e.value.code == 0
+
+
+def test_readme_covers_every_cli():
+    assert {l.split()[2] for l in CLI_LINES} == {"grank", "export", "serve", "client", "perf"}
 
 
 def test_ci_runs_make_test():
