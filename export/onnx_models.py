@@ -5,6 +5,12 @@ whose tensor names, dtypes and shapes come from ``grank.signatures``; axis 0 is 
 (``batch``). The item table is computed once from the item tower and stored as a constant
 (``item_vectors`` [N+1, d] float32): 3,707 x 64 floats = 0.9 MiB for ML-1M. Tables past
 2 GiB go to ONNX external data (``model.onnx.data`` beside the model), ONNX's protobuf limit.
+Each of the three graphs holds its own copy (the encoder and the Ranker gather rows of it):
+cheap for ML-1M; a multi-million-item catalogue would want the encoder and Ranker to take
+item vectors as inputs instead (issue #4 measures catalogue scale).
+
+Exported with torch's TorchScript-based exporter (``dynamo=False``): it keeps our tensor names
+exactly and needs no onnxscript; torch 2.13 calls it legacy but supports it.
 """
 from __future__ import annotations
 

@@ -158,3 +158,37 @@ def test_good_and_bad_requests_interleaved_under_concurrency(triton_server, tiny
             np.testing.assert_allclose(scores, a["scores"][i], atol=1e-3)
         else:
             assert kind == "error" and "history_ids" in val
+
+
+def test_make_serve_entry_point_starts_prints_urls_and_stops_on_ctrl_c(tiny_repository, tmp_path):
+    """`python -m serve` (what `make serve` runs): ready banner with the URLs, clean exit on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "serve", "--repository", str(tiny_repository),
+                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                          "--work-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    lines, deadline = [], time.time() + 180
+    try:
+        while time.time() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops the server" in line:
+                break
+        banner = "".join(lines)
+        assert "ready in" in banner and "gRPC" in banner and "metrics" in banner, banner
+        http = next(l.split()[1] for l in lines if l.strip().startswith("HTTP"))
+        import urllib.request
+        with urllib.request.urlopen(f"http://{http}/v2/models/grank/ready", timeout=5) as r:
+            assert r.status == 200
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0 and "server stopped" in out, out
+    finally:
+        if p.poll() is None:
+            p.kill()
