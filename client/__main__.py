@@ -39,7 +39,16 @@ def main(argv=None) -> int:
     p.add_argument("--users", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    from tritonclient.utils import InferenceServerException
+    try:
+        return _run(ap, a)
+    except InferenceServerException as e:
+        url = getattr(a, "url", None) or f"{a.grpc_url or ''} {a.http_url or ''}".strip()
+        print(f"error: server {url}: {e}", file=sys.stderr)
+        return 2
 
+
+def _run(ap, a) -> int:
     from .grank_client import GRankClient
     if a.cmd == "recommend":
         if not a.user and not a.movies:

@@ -29,8 +29,14 @@ def main(argv=None) -> int:
     from client.grank_client import GRankClient
     from grank.data import load
 
+    from tritonclient.utils import InferenceServerException
+
     from .sweep import sweep
-    client = GRankClient(a.url, a.protocol, data=load(a.dataset))
+    try:
+        client = GRankClient(a.url, a.protocol, data=load(a.dataset))
+    except InferenceServerException as e:
+        print(f"error: server {a.url}: {e} (start one with `make serve`)", file=sys.stderr)
+        return 2
     try:
         res = sweep(client, a.url, a.protocol, Path(a.out), concurrency=a.concurrency,
                     request_rate=a.request_rate, batch=a.batch, interval_ms=a.interval_ms,
