@@ -23,7 +23,7 @@ CONCURRENCY ?= 1:4:1
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: help setup setup-gpu data train train-all evaluate demo test clean export repository \
-	configs tensorrt serve serve-container selfcheck perf
+	configs tensorrt serve serve-container selfcheck perf bench bench-quick
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -102,6 +102,12 @@ selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 
 
 perf: setup ## perf_analyzer concurrency sweep (CONCURRENCY) against a running server; CSV + plot in $(ARTIFACTS)/perf
 	$(PY) -m perf sweep --url localhost:$(GRPC_PORT) --concurrency $(CONCURRENCY) --out $(ARTIFACTS)/perf
+
+bench: setup ## MIPS stage vs FAISS flat/HNSW/IVF peers and the machine's floor (N to 5M; long) -> docs/
+	$(PY) -m perf bench --checkpoint $(CHECKPOINT)
+
+bench-quick: setup ## A few-minute smoke run of the MIPS benchmark (N up to 50k) into $(ARTIFACTS)/bench-quick
+	$(PY) -m perf bench --checkpoint $(CHECKPOINT) --quick --docs $(ARTIFACTS)/bench-quick
 
 test: setup ## Run the test suite (CPU; GPU tests are skipped with the reason)
 	$(PY) -m pytest $(PYTEST_ARGS) tests

@@ -45,12 +45,13 @@ class UserEncoder(nn.Module):
 class MipsTopK(nn.Module):
     """user_embedding [B, d], history_ids [B, R] -> candidate ids [B, k1] int64 and scores
     [B, k1] float32: brute-force inner products over the whole catalogue, the padding row and
-    the items of the history excluded (-inf), then TopK."""
+    the items of the history excluded (-inf), then TopK. ``item_vectors``: [N+1, d] float32
+    with row 0 = padding (the model's table, or a synthetic one for benchmarks)."""
 
-    def __init__(self, model: GRank, k: int):
+    def __init__(self, item_vectors: torch.Tensor, k: int, tau: float = 1.0):
         super().__init__()
-        self.k, self.tau = k, model.cfg.tau
-        self.register_buffer("item_vectors", model.item_vectors().detach().clone())
+        self.k, self.tau = k, tau
+        self.register_buffer("item_vectors", item_vectors.detach().clone())
 
     def forward(self, user_embedding, history_ids):
         scores, ids = mips_top_k(user_embedding, self.item_vectors, self.k, self.tau,
@@ -75,7 +76,8 @@ class RankerTopK(nn.Module):
 def graphs(model: GRank, k1: int, k2: int) -> dict[str, nn.Module]:
     """The exported graphs by served model name, in eval mode."""
     model.eval()
-    return {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(model, k1).eval(),
+    return {USER_ENCODER: UserEncoder(model).eval(),
+            MIPS: MipsTopK(model.item_vectors(), k1, model.cfg.tau).eval(),
             RANKER: RankerTopK(model, k2).eval()}
 
 

@@ -24,7 +24,15 @@ def main(argv=None) -> int:
                    help="allowed %% variation between measurement windows (perf_analyzer -s)")
     p.add_argument("--dataset", default="ml-1m", help="where the real users come from")
     p.add_argument("--out", default="artifacts/perf")
+    p = sub.add_parser("bench", help="MIPS stage vs exact and index-based peers and the machine's floor")
+    p.add_argument("--checkpoint", default="artifacts/default/grank/best.pt",
+                   help="trained model: its item geometry and user vectors")
+    p.add_argument("--quick", action="store_true", help="small smoke run (N up to 50k, k 500, batch 1/16)")
+    p.add_argument("--seconds", type=float, default=1.0, help="timing window per point")
+    p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
     a = ap.parse_args(argv)
+    if a.cmd == "bench":
+        return _bench(a, argv)
 
     from client.grank_client import GRankClient
     from grank.data import load
@@ -49,6 +57,21 @@ def main(argv=None) -> int:
     for r in res["rows"]:
         print(f"{r['load']:6g} {r['qps']:9.1f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f}")
     print(f"CSV, log, command and plot in {res['dir']}/ (perf.csv, perf_analyzer.log, command.txt, perf.png)")
+    return 0
+
+
+def _bench(a, argv) -> int:
+    import shlex
+
+    from .mips_bench import run, write
+    from .mips_report import markdown
+    docs = Path(a.docs)
+    res = run(a.checkpoint, quick=a.quick, seconds=a.seconds)
+    cmd = "python -m perf " + shlex.join(argv if argv is not None else sys.argv[1:])
+    p = write(res, docs, cmd)
+    import json
+    (docs / "PERFORMANCE.md").write_text(markdown(json.loads(p.read_text()), docs))
+    print(f"wrote {p} and {docs / 'PERFORMANCE.md'} ({res['seconds']:.0f} s)")
     return 0
 
 

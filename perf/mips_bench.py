@@ -1,0 +1,100 @@
+"""The MIPS stage against exact and index-based peers and against the machine's floor.
+
+One run, one machine: catalogues of the trained model's geometry (``perf.geometry``), real
+user vectors as queries, every method of ``perf.mips_methods`` at each (N, k, batch); index
+methods tuned to each recall target first. Rows go to ``docs/performance.json`` (stage
+``mips``), the report to ``docs/PERFORMANCE.md`` with plots. ``python -m perf bench [--quick]``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from . import floor as F
+from .geometry import fit_mixture, geometry_report, sample, trained_vectors
+from .mips_methods import EXACT, INDEXED, TorchTopK, recall, timed, tune
+
+FULL = dict(sizes=(0, 1_000_000, 5_000_000), ks=(500, 2000), batches=(1, 16, 64, 256), targets=(0.95, 0.99))
+QUICK = dict(sizes=(0, 50_000), ks=(500,), batches=(1, 16), targets=(0.95,))
+
+
+def exact_ids(items, queries, k, chunk=256):
+    m = TorchTopK()
+    m.build(items, k)
+    return np.concatenate([m.search(queries[s:s + chunk]) for s in range(0, len(queries), chunk)])
+
+
+def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: int = 300,
+        log=print) -> dict:
+    plan = QUICK if quick else FULL
+    t_run = time.time()
+    items_real, users = trained_vectors(checkpoint)
+    users = np.ascontiguousarray(users)
+    mix = fit_mixture(items_real, k=32)
+    geo = geometry_report(items_real, users, mix)
+    bw, gf = F.read_bandwidth_gbs(), F.gemm_gflops()
+    log(f"machine: read bandwidth {bw:.1f} GB/s, fp32 GEMM {gf:.0f} GFLOP/s")
+    rows = []
+    for n in plan["sizes"]:
+        items = items_real if n == 0 else sample(mix, n, seed=0)
+        n = len(items)
+        rq = users[:recall_queries]
+        for k in plan["ks"]:
+            if k > n:
+                continue
+            exact = exact_ids(items, rq, k)
+            methods = [M() for M in EXACT + INDEXED]
+            for m in methods:
+                build_s = m.build(items, k)
+                targets = plan["targets"] if m.tunable else (None,)
+                for target in targets:
+                    param = None
+                    if target is not None:
+                        param, r = tune(m, rq, exact, target)
+                        if param is None:
+                            log(f"  {m.name} N={n} k={k}: recall {r:.3f} < {target} at the end of its grid")
+                            continue
+                    r = recall(m.search(rq), exact)
+                    for b in plan["batches"]:
+                        t = timed(m, users, b, seconds)
+                        fl = F.floor_ms(n, items.shape[1], b, bw, gf)
+                        rows.append({"stage": "mips", "method": m.name, "N": n, "k": k, "batch": b,
+                                     "qps": round(t["qps"], 1), "p50_ms": round(t["p50_ms"], 3),
+                                     "p99_ms": round(t["p99_ms"], 3), "recall": round(r, 4),
+                                     "recall_target": target, "floor_ms": round(fl, 3),
+                                     "p50_over_floor": round(t["p50_ms"] / fl, 2),
+                                     "build_s": round(build_s, 2), "memory_mb": round(m.memory_bytes / 2**20, 1),
+                                     "params": dict(m.params)})
+                        log(f"  {m.name:20s} N={n:>8} k={k:>4} b={b:>3} target={target} recall={r:.3f} "
+                            f"qps={t['qps']:9.1f} p50={t['p50_ms']:8.2f} ms floor={fl:7.2f} ms")
+                if hasattr(m, "add_time"):
+                    rows.append({"stage": "mips_freshness", "method": m.name, "N": n, "k": k,
+                                 "add_one_s": round(m.add_time(items[:1].copy()), 5),
+                                 "rebuild_s": round(build_s, 2)})
+                elif m.name == "grank_mips":
+                    # index-free: a changed item ships as a new model version = export + load
+                    rows.append({"stage": "mips_freshness", "method": m.name, "N": n, "k": k,
+                                 "new_version_s": round(build_s, 2)})
+                del m
+    return {"machine": {"cpu": platform.processor() or platform.machine(), "cores": F.torch.get_num_threads(),
+                        "read_bandwidth_gbs": round(bw, 1), "gemm_gflops": round(gf, 1)},
+            "date": date.today().isoformat(), "quick": quick, "geometry": geo,
+            "mixture": {"components": mix["k"], "shrink": mix["shrink"]},
+            "seconds": round(time.time() - t_run, 1), "rows": rows}
+
+
+def write(res: dict, docs: Path, command: str) -> Path:
+    """Merge the MIPS rows into docs/performance.json (other stages are kept)."""
+    docs.mkdir(parents=True, exist_ok=True)
+    p = docs / "performance.json"
+    old = json.loads(p.read_text()) if p.exists() else {"rows": []}
+    keep = [r for r in old.get("rows", []) if not r["stage"].startswith("mips")]
+    out = {**old, "mips_command": command, "machine": res["machine"], "mips_date": res["date"],
+           "geometry": res["geometry"], "mixture": res["mixture"], "rows": keep + res["rows"]}
+    p.write_text(json.dumps(out, indent=1))
+    return p

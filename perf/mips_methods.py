@@ -1,0 +1,230 @@
+"""MIPS top-k methods measured side by side: the project's served module and its peers.
+
+Every method: ``build(items [N, d] float32, k)`` then ``search(queries [B, d]) -> ids [B, k]``
+(0-based rows of ``items``), ``params`` (the knob tuned for recall, if any) and
+``memory_bytes``. ``grank_mips`` is the exported ONNX graph exactly as served
+(``export.onnx_models.MipsTopK``: table constant, padding + history exclusion, TopK), run by
+ONNX Runtime with an all-padding history so that its answer is the plain exact top-k.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+THREADS = os.cpu_count() or 1
+SERVED_HISTORY = 256  # history_ids columns the served module takes (scatter cost included)
+
+
+class Method:
+    name = ""
+    tunable: str | None = None
+    params: dict = {}
+
+    def build(self, items: np.ndarray, k: int) -> float:
+        """Returns the build time in seconds."""
+        raise NotImplementedError
+
+    def search(self, q: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_param(self, value) -> None:
+        pass
+
+    memory_bytes = 0
+
+
+class GrankMips(Method):
+    """The served ONNX module (what Triton runs), via ONNX Runtime."""
+    name = "grank_mips"
+
+    def build(self, items, k):
+        import onnxruntime as ort
+
+        from export.onnx_models import MipsTopK, export_one
+        from grank.config import make_config
+        from grank.signatures import MIPS, signatures
+        t = time.perf_counter()
+        table = torch.cat([torch.zeros(1, items.shape[1]), torch.from_numpy(items)])
+        cfg = make_config("default", overrides={"model.d_model": items.shape[1], "eval.k1": k, "eval.k2": 1, "eval.ks": (1,),
+                                                "model.ranker_history": SERVED_HISTORY})
+        self.k, self.R = k, SERVED_HISTORY
+        arrays = {"user_embedding": np.zeros((2, items.shape[1]), np.float32),
+                  "history_ids": np.zeros((2, SERVED_HISTORY), np.int64)}
+        self._dir = tempfile.TemporaryDirectory()
+        path = export_one(MipsTopK(table, k).eval(), signatures(cfg)[MIPS], arrays,
+                          Path(self._dir.name) / "mips.onnx")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.memory_bytes = sum(f.stat().st_size for f in Path(self._dir.name).iterdir())
+        return time.perf_counter() - t
+
+    def search(self, q):
+        hist = np.zeros((len(q), self.R), np.int64)
+        ids, _ = self.sess.run(["candidate_ids", "candidate_scores"], {"user_embedding": q, "history_ids": hist})
+        return ids - 1
+
+
+class TorchTopK(Method):
+    name = "torch_topk"
+
+    def build(self, items, k):
+        self.t, self.k = torch.from_numpy(items), k
+        self.memory_bytes = items.nbytes
+        return 0.0
+
+    def search(self, q):
+        with torch.no_grad():
+            return (torch.from_numpy(q) @ self.t.T).topk(self.k, dim=1).indices.numpy()
+
+
+class _Faiss(Method):
+    def _index(self, items):
+        raise NotImplementedError
+
+    def build(self, items, k):
+        import faiss
+        faiss.omp_set_num_threads(THREADS)
+        self.k = k
+        t = time.perf_counter()
+        self.index = self._index(items)
+        dt = time.perf_counter() - t
+        self.memory_bytes = int(faiss.serialize_index(self.index).nbytes)
+        return dt
+
+    def search(self, q):
+        return self.index.search(q, self.k)[1]
+
+    def add_time(self, v: np.ndarray) -> float:
+        """Seconds to make one new item retrievable by adding it to the built index."""
+        t = time.perf_counter()
+        self.index.add(v)
+        return time.perf_counter() - t
+
+
+class FaissFlat(_Faiss):
+    name = "faiss_flat"
+
+    def _index(self, items):
+        import faiss
+        ix = faiss.IndexFlatIP(items.shape[1])
+        ix.add(items)
+        return ix
+
+
+def _nlist(n: int) -> int:
+    # ~4 sqrt(N) lists, but at least 39 training points per list (faiss's own minimum)
+    return int(max(8, min(4 * np.sqrt(n), n // 39)))
+
+
+class FaissHNSW(_Faiss):
+    name = "faiss_hnsw"
+    tunable = "efSearch"
+    M, EF_CONSTRUCTION = 32, 80
+
+    def _index(self, items):
+        import faiss
+        ix = faiss.IndexHNSWFlat(items.shape[1], self.M, faiss.METRIC_INNER_PRODUCT)
+        ix.hnsw.efConstruction = self.EF_CONSTRUCTION
+        ix.add(items)
+        return ix
+
+    def grid(self, n):
+        return [int(self.k * f) for f in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64)]
+
+    def set_param(self, v):
+        self.index.hnsw.efSearch = int(v)
+        self.params = {"M": self.M, "efConstruction": self.EF_CONSTRUCTION, "efSearch": int(v)}
+
+
+class FaissIVFFlat(_Faiss):
+    name = "faiss_ivfflat"
+    tunable = "nprobe"
+
+    def _index(self, items):
+        import faiss
+        self.nlist = _nlist(len(items))
+        ix = faiss.IndexIVFFlat(faiss.IndexFlatIP(items.shape[1]), items.shape[1], self.nlist,
+                                faiss.METRIC_INNER_PRODUCT)
+        ix.train(items[np.random.default_rng(0).permutation(len(items))[:max(256 * self.nlist, 100_000)]])
+        ix.add(items)
+        return ix
+
+    def grid(self, n):
+        return [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= self.nlist] + [self.nlist]
+
+    def set_param(self, v):
+        self.index.nprobe = int(v)
+        self.params = {"nlist": self.nlist, "nprobe": int(v)}
+
+
+class FaissIVFPQRefine(_Faiss):
+    """IVF-PQ (16 sub-quantizers x 8 bits) whose short list of k_factor * k is re-scored exactly."""
+    name = "faiss_ivfpq_refine"
+    tunable = "nprobe,k_factor"
+    PQ_M = 16
+
+    def _index(self, items):
+        import faiss
+        d = items.shape[1]
+        self.nlist = _nlist(len(items))
+        ivfpq = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, self.nlist, self.PQ_M, 8, faiss.METRIC_INNER_PRODUCT)
+        ix = faiss.IndexRefineFlat(ivfpq)
+        ix.train(items[np.random.default_rng(0).permutation(len(items))[:max(256 * self.nlist, 100_000)]])
+        ix.add(items)
+        return ix
+
+    def grid(self, n):
+        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= self.nlist] + [self.nlist]
+        return [(p, f) for f in (2, 4, 8) for p in probes]
+
+    def set_param(self, v):
+        import faiss
+        p, f = v
+        faiss.downcast_index(self.index.base_index).nprobe = int(p)
+        self.index.k_factor = float(f)
+        self.params = {"nlist": self.nlist, "pq_m": self.PQ_M, "nprobe": int(p), "k_factor": f}
+
+
+EXACT = (GrankMips, TorchTopK, FaissFlat)
+INDEXED = (FaissHNSW, FaissIVFFlat, FaissIVFPQRefine)
+
+
+def recall(got: np.ndarray, exact: np.ndarray) -> float:
+    """Mean |got ∩ exact| / k over queries."""
+    return float(np.mean([len(set(g.tolist()) & set(e.tolist())) / len(e) for g, e in zip(got, exact)]))
+
+
+def tune(method: Method, queries: np.ndarray, exact: np.ndarray, target: float):
+    """The cheapest grid value whose recall@k reaches ``target`` (grid is ordered by cost
+    within each k_factor); returns (value, recall) or (None, best recall seen)."""
+    best = 0.0
+    for v in method.grid(len(exact)):
+        method.set_param(v)
+        r = recall(method.search(queries), exact)
+        best = max(best, r)
+        if r >= target:
+            return v, r
+    return None, best
+
+
+def timed(method: Method, queries: np.ndarray, batch: int, min_seconds: float = 1.0,
+          max_calls: int = 200) -> dict:
+    """Latency of ``search`` on ``batch`` rows, cycling through ``queries``."""
+    method.search(queries[:batch])  # warm-up
+    lat, t_end, i = [], time.perf_counter() + min_seconds, 0
+    while (time.perf_counter() < t_end or len(lat) < 5) and len(lat) < max_calls:
+        s = (i * batch) % max(1, len(queries) - batch)
+        q = queries[s:s + batch]
+        t = time.perf_counter()
+        method.search(q)
+        lat.append(time.perf_counter() - t)
+        i += 1
+    lat = np.array(lat) * 1e3
+    return {"qps": batch * len(lat) / (lat.sum() / 1e3), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}

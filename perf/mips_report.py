@@ -1,0 +1,94 @@
+"""docs/PERFORMANCE.md and its plots from the MIPS benchmark rows (``perf.mips_bench``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plots(rows, docs: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    mips = [r for r in rows if r["stage"] == "mips"]
+    if not mips:
+        return []
+    made = []
+    n_max = max(r["N"] for r in mips)
+    k0 = min(r["k"] for r in mips)
+    b_mid = sorted({r["batch"] for r in mips})[len({r["batch"] for r in mips}) // 2]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in sorted({r["method"] for r in mips}):
+        pts = sorted((r["recall"], r["qps"]) for r in mips
+                     if r["method"] == m and r["N"] == n_max and r["k"] == k0 and r["batch"] == b_mid)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+    ax.set_xlabel(f"recall@{k0}")
+    ax.set_ylabel("queries/s")
+    ax.set_yscale("log")
+    ax.set_title(f"recall vs throughput, N={n_max:,}, k={k0}, batch {b_mid}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(docs / "mips_recall_qps.png", dpi=120)
+    plt.close(fig)
+    made.append("mips_recall_qps.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in sorted({r["method"] for r in mips}):
+        pts = sorted({r["N"]: r["p50_ms"] for r in mips if r["method"] == m and r["k"] == k0
+                      and r["batch"] == b_mid and r["recall_target"] in (None, 0.99)}.items())
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+    fl = sorted({r["N"]: r["floor_ms"] for r in mips if r["k"] == k0 and r["batch"] == b_mid}.items())
+    ax.plot([p[0] for p in fl], [p[1] for p in fl], "k:", label="floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("catalogue size N")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.set_title(f"latency vs N, k={k0}, batch {b_mid} (index methods at recall 0.99)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(docs / "mips_latency_vs_n.png", dpi=120)
+    plt.close(fig)
+    made.append("mips_latency_vs_n.png")
+    return made
+
+
+def markdown(perf: dict, docs: Path) -> str:
+    rows = perf["rows"]
+    m = perf["machine"]
+    lines = ["# Performance", "",
+             f"Machine: {m['cpu']}, {m['cores']} threads; measured read bandwidth "
+             f"{m['read_bandwidth_gbs']} GB/s, fp32 GEMM {m['gemm_gflops']} GFLOP/s "
+             f"(best of 5, `perf/floor.py`). Date: {perf.get('mips_date')}. No GPU was available.", "",
+             f"Command: `{perf.get('mips_command')}`", "",
+             "## MIPS stage", "",
+             "Item vectors: the trained table (N = 3,706) or draws from a Gaussian mixture fitted to it "
+             f"({perf['mixture']['components']} k-means components, covariances shrunk "
+             f"{perf['mixture']['shrink']:.0%} toward their diagonals); queries: the real users' "
+             "served vectors. Geometry check (real table vs a mixture sample of the same size, "
+             "scored by 1,000 real users):", "",
+             "| table | item norm | score mean | score std | top-1 score | top-500 score |", "|---|---|---|---|---|---|"]
+    for name, g in perf["geometry"].items():
+        lines.append(f"| {name} | {g['item_norm_mean']:.3f} | {g['score_mean']:.3f} | {g['score_std']:.3f} | "
+                     f"{g['top1_score_mean']:.3f} | {g['top500_score_mean']:.3f} |")
+    mips = [r for r in rows if r["stage"] == "mips"]
+    for n in sorted({r["N"] for r in mips}):
+        for k in sorted({r["k"] for r in mips if r["N"] == n}):
+            lines += ["", f"### N = {n:,}, k = {k}", "",
+                      "| method | target | params | batch | QPS | p50 ms | p99 ms | recall | p50 / floor | build s | MB |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for r in [r for r in mips if r["N"] == n and r["k"] == k]:
+                lines.append(f"| {r['method']} | {r['recall_target'] or 'exact'} | "
+                             f"{', '.join(f'{a}={b}' for a, b in r['params'].items())} | {r['batch']} | "
+                             f"{r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall']:.3f} | "
+                             f"{r['p50_over_floor']:.1f} | {r['build_s']} | {r['memory_mb']} |")
+    fresh = [r for r in rows if r["stage"] == "mips_freshness"]
+    if fresh:
+        lines += ["", "### Freshness: until a new or changed item is retrievable", "",
+                  "| method | N | add one item (s) | full rebuild (s) | new model version (s) |", "|---|---|---|---|---|"]
+        for r in fresh:
+            lines.append(f"| {r['method']} | {r['N']:,} | {r.get('add_one_s', '-')} | {r.get('rebuild_s', '-')} | "
+                         f"{r.get('new_version_s', '-')} |")
+    for png in _plots(rows, docs):
+        lines += ["", f"![{png}]({png})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""The MIPS benchmark's pieces (issue #4): exact methods agree with brute force, index methods
+are tuned to a MEASURED recall, synthetic catalogues keep the geometry they were fitted to."""
+import numpy as np
+import pytest
+
+from perf.floor import floor_ms
+from perf.geometry import fit_mixture, sample
+from perf.mips_methods import EXACT, INDEXED, TorchTopK, recall, timed, tune
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)) * 2
+    items = (centres[rng.integers(0, 40, 12000)] + rng.standard_normal((12000, 32)) * 0.5).astype(np.float32)
+    queries = (centres[rng.integers(0, 40, 64)] + rng.standard_normal((64, 32))).astype(np.float32)
+    return items, queries
+
+
+def test_exact_methods_equal_brute_force(clustered):
+    items, q = clustered
+    k = 50
+    ref = np.argsort(-(q @ items.T), 1)[:, :k]
+    for M in EXACT:
+        m = M()
+        m.build(items, k)
+        assert recall(m.search(q), ref) > 0.999, M.name  # float ties may swap at the cut
+
+
+def test_index_methods_are_tuned_to_a_measured_recall(clustered):
+    items, q = clustered
+    k = 50
+    ex = TorchTopK()
+    ex.build(items, k)
+    exact = ex.search(q)
+    for M in INDEXED:
+        m = M()
+        m.build(items, k)
+        v, r = tune(m, q, exact, 0.95)
+        if v is None:
+            # HNSW on inner products saturates below 0.95 on these data (0.936 at efSearch 3200):
+            # reported as such by the benchmark, never rounded up
+            assert M.name == "faiss_hnsw" and 0.5 < r < 0.95, (M.name, r)
+            continue
+        assert r >= 0.95
+        assert recall(m.search(q), exact) == r  # the setting stays applied
+        t = timed(m, q, 16, min_seconds=0.05)
+        assert t["qps"] > 0 and 0 < t["p50_ms"] <= t["p99_ms"]
+
+
+def test_mixture_sample_keeps_the_geometry(clustered):
+    items, _ = clustered
+    mix = fit_mixture(items, k=16)
+    s = sample(mix, 20000, seed=3)
+    assert s.shape == (20000, 32) and s.dtype == np.float32
+    np.testing.assert_allclose(s.mean(0), items.mean(0), atol=0.1)
+    n_items, n_s = np.linalg.norm(items, axis=1).mean(), np.linalg.norm(s, axis=1).mean()
+    assert abs(n_s - n_items) / n_items < 0.05
+    # clustered, not isotropic: the sample's variance is as concentrated in few directions
+    # as the data's (isotropic noise would put 5/32 = 16% in the top 5)
+    def top5(x):
+        ev = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1]
+        return ev[:5].sum() / ev.sum()
+    assert abs(top5(s) - top5(items)) < 0.03 and top5(items) > 0.3
+
+
+def test_floor_is_the_larger_of_bandwidth_and_compute():
+    # 1M x 64 fp32 = 256 MB at 64 GB/s = 4 ms; batch 1: 128 MFLOP at 100 GFLOP/s = 1.28 ms
+    assert floor_ms(1_000_000, 64, 1, 64, 100) == pytest.approx(4.0)
+    assert floor_ms(1_000_000, 64, 256, 64, 100) == pytest.approx(327.68)
