@@ -36,12 +36,12 @@ def main(argv=None) -> int:
           f"  gRPC    {s.grpc_url}\n  metrics {s.metrics_url}\n  log     {s.log_file}\n"
           "Ctrl-C stops the server.", flush=True)
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"] and s.proc.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    # explicit handlers: a shell starts background jobs with SIGINT ignored, and `kill -INT`
+    # must still stop them cleanly
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    while not stop["now"] and s.proc.poll() is None:
+        time.sleep(0.5)
     code = s.proc.poll()
     s.stop()
     if code is not None:

@@ -89,3 +89,28 @@ def test_polygraphy_cli_repeats_the_check(tiny_export):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "PASSED" in r.stdout + r.stderr
+
+
+def test_parity_tolerates_tie_swaps_but_not_wrong_ids(tiny_export, tmp_path):
+    """Two identical item vectors tie exactly: either order is a correct top-k, and the check
+    must accept both; a genuinely different id must still be caught."""
+    import torch
+
+    from export.onnx_models import MipsTopK
+    cfg, a = tiny_export.cfg, dict(tiny_export.arrays)
+    table = tiny_export.model.item_vectors().detach().clone()
+    table[5] = table[6] = table[1:].norm(dim=1).max() * 3 * a["user_embedding"].mean(0) / \
+        np.linalg.norm(a["user_embedding"].mean(0))  # a twin pair that tops most lists
+    mod = MipsTopK(table, cfg.eval.k1, cfg.model.tau).eval()
+    path = export_one(mod, signatures(cfg)[MIPS], a, tmp_path / "mips.onnx")
+    with torch.no_grad():
+        ids, scores = mod(torch.as_tensor(a["user_embedding"]), torch.as_tensor(a["history_ids"]))
+    a["candidate_ids"], a["candidate_scores"] = ids.numpy().copy(), scores.numpy()
+    both = ((a["candidate_ids"] == 5).any(1) & (a["candidate_ids"] == 6).any(1))[:, None]
+    swapped = a["candidate_ids"].copy()
+    swapped[both & (a["candidate_ids"] == 5)], swapped[both & (a["candidate_ids"] == 6)] = 6, 5
+    assert both.sum() > 10  # rows where neither twin is in the history
+    assert check_onnx({MIPS: path}, cfg, {**a, "candidate_ids": swapped})[MIPS] == []
+    wrong = a["candidate_ids"].copy()
+    wrong[0, 1] = 10 ** 6  # an id no correct top-k contains
+    assert check_onnx({MIPS: path}, cfg, {**a, "candidate_ids": wrong})[MIPS]
