@@ -50,6 +50,9 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
             exact = exact_ids(items, rq, k)
             methods = [M() for M in EXACT + INDEXED]
             for m in methods:
+                if m.name == "faiss_ivfpq_refine" and n < 39 * 256:
+                    log(f"  {m.name} N={n}: skipped, PQ codebooks need >= {39 * 256} training points")
+                    continue
                 build_s = m.build(items, k)
                 targets = plan["targets"] if m.tunable else (None,)
                 for target in targets:

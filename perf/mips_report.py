@@ -59,7 +59,7 @@ def markdown(perf: dict, docs: Path) -> str:
     lines = ["# Performance", "",
              f"Machine: {m['cpu']}, {m['cores']} threads; measured read bandwidth "
              f"{m['read_bandwidth_gbs']} GB/s, fp32 GEMM {m['gemm_gflops']} GFLOP/s "
-             f"(best of 5, `perf/floor.py`). Date: {perf.get('mips_date')}. No GPU was available.", "",
+             f"(best of 5, `perf/floor.py`). Date: {perf.get('mips_date')}. CPU only.", "",
              f"Command: `{perf.get('mips_command')}`", "",
              "## MIPS stage", "",
              "Item vectors: the trained table (N = 3,706) or draws from a Gaussian mixture fitted to it "
