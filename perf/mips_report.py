@@ -21,16 +21,9 @@ def _plots(rows, docs: Path) -> list[str]:
                      if r["method"] == m and r["N"] == n_max and r["k"] == k0 and r["batch"] == b_mid)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-    ax.set_xlabel(f"recall@{k0}")
-    ax.set_ylabel("queries/s")
     ax.set_yscale("log")
-    ax.set_title(f"recall vs throughput, N={n_max:,}, k={k0}, batch {b_mid}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(docs / "mips_recall_qps.png", dpi=120)
-    plt.close(fig)
-    made.append("mips_recall_qps.png")
+    made.append(_finish(plt, fig, ax, f"recall@{k0}", "queries/s",
+                        f"recall vs throughput, N={n_max:,}, k={k0}, batch {b_mid}", docs / "mips_recall_qps.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in sorted({r["method"] for r in mips}):
         pts = sorted({r["N"]: r["p50_ms"] for r in mips if r["method"] == m and r["k"] == k0
@@ -41,16 +34,22 @@ def _plots(rows, docs: Path) -> list[str]:
     ax.plot([p[0] for p in fl], [p[1] for p in fl], "k:", label="floor")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("catalogue size N")
-    ax.set_ylabel("p50 latency (ms)")
-    ax.set_title(f"latency vs N, k={k0}, batch {b_mid} (index methods at recall 0.99)", fontsize=9)
+    made.append(_finish(plt, fig, ax, "catalogue size N", "p50 latency (ms)",
+                        f"latency vs N, k={k0}, batch {b_mid} (index methods at recall 0.99)",
+                        docs / "mips_latency_vs_n.png"))
+    return made
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(docs / "mips_latency_vs_n.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    made.append("mips_latency_vs_n.png")
-    return made
+    return path.name
 
 
 def markdown(perf: dict, docs: Path) -> str:
