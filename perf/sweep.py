@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from grank.signatures import ENSEMBLE
+
 
 def perf_analyzer_bin() -> Path:
     p = Path(sys.executable).parent / "perf_analyzer"
@@ -51,7 +53,7 @@ def write_input_data(client, path: Path, n_users: int = 200, seed: int = 0) -> P
     return path
 
 
-def command(url: str, protocol: str, input_data: Path, csv_path: Path, model: str = "grank",
+def command(url: str, protocol: str, input_data: Path, csv_path: Path, model: str = ENSEMBLE,
             concurrency: str | None = "1:4:1", request_rate: str | None = None, batch: int = 1,
             interval_ms: int = 3000, stability: int = 25, extra: list | None = None) -> list[str]:
     """The perf_analyzer command line. ``stability``: allowed % variation between measurement

@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grank.signatures import ENSEMBLE
+
 HERE = Path(__file__).resolve().parent
 # Harmless on a CPU machine (ENVIRONMENT.md); filtered out of the log excerpt shown on failure.
 CPU_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient", "DCGM", "unable to create stream")
@@ -123,7 +125,7 @@ class TritonServer:
                 f"--metrics-port={self.metrics_port}", f"--log-verbose={self.log_verbose}",
                 "--exit-on-error=true", *self.extra_args]
 
-    def start(self, ready_model: str | None = "grank", timeout: float = 180.0) -> "TritonServer":
+    def start(self, ready_model: str | None = ENSEMBLE, timeout: float = 180.0) -> "TritonServer":
         """Start the server and wait until ``ready_model`` (or the server) is ready."""
         if not self.repository.is_dir():
             raise RuntimeError(f"model repository {self.repository} does not exist: run `make repository`")
