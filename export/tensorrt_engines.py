@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grank.signatures import MIPS, ONNX_MODELS, RANKER, signatures
+from grank.signatures import ONNX_MODELS, signatures
 
+from .parity import TOPK
 from .repository import MAX_BATCH_SIZE
 
 TRT_TOPK_MAX = 3840
 OPT_BATCH = 16
 FP16_ATOL = {"user_embedding": 2e-2, "candidate_scores": 0.1, "scores": 0.1}
-TOPK = {MIPS: ("candidate_ids", "candidate_scores"), RANKER: ("item_ids", "scores")}
 
 
 def missing() -> str | None:
