@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: default). Two 1-thread runs side by side use a 2-core "
                         "machine better than one 2-thread run")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the run, e.g. cuda (default cpu; results tables are CPU runs)")
     p = sub.add_parser("speed", help="time a few training steps and project epoch/run time")
     common(p)
     p.add_argument("--steps", type=int, default=30)
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
         from .data import load
         from .train import train
         cfg = make_config(a.preset, a.variant, a.seed, _overrides(a.set))
-        s = train(cfg, load(cfg.dataset), a.out, resume=not a.no_resume, threads=a.threads)
+        s = train(cfg, load(cfg.dataset), a.out, resume=not a.no_resume, threads=a.threads, device=a.device)
         print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
         return 0
     if a.cmd == "speed":

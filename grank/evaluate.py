@@ -83,10 +83,10 @@ def evaluate_model(model, split: Split, stage: str, ecfg, filtered: bool = True,
             model, torch.as_tensor(ids), torch.as_tensor(rat), torch.as_tensor(feats),
             ecfg.k1, ecfg.k2, excl)
         tt = torch.as_tensor(targets)
-        final.append(list_ranks(out_ids, out_scores, tt).numpy())
+        final.append(list_ranks(out_ids, out_scores, tt).cpu().numpy())
         # generator order: candidate list position is its rank (topk returns sorted scores)
         pos = (gen_ids == tt[:, None]).float().argmax(1).to(torch.float64)
-        gen.append(torch.where((gen_ids == tt[:, None]).any(1), pos, torch.full_like(pos, MISS)).numpy())
+        gen.append(torch.where((gen_ids == tt[:, None]).any(1), pos, torch.full_like(pos, MISS)).cpu().numpy())
     final, gen = np.concatenate(final), np.concatenate(gen)
     res = metrics_from_ranks(final, ecfg.ks)
     res.update({f"gen_{k}": v for k, v in metrics_from_ranks(gen, ecfg.ks).items()})
@@ -115,7 +115,7 @@ def evaluate_popularity(split: Split, stage: str, ecfg, filtered: bool = True) -
         if filtered:
             scores = scores.masked_fill(seen_mask(seen, split.data.n_items), float("-inf"))
         top, ids = scores.topk(ecfg.k2, dim=1)
-        ranks.append(list_ranks(ids, top, torch.as_tensor(targets)).numpy())
+        ranks.append(list_ranks(ids, top, torch.as_tensor(targets)).cpu().numpy())
     res = metrics_from_ranks(np.concatenate(ranks), ecfg.ks)
     res["users"] = int(len(split.users))
     return res

@@ -33,9 +33,11 @@ class Ranker(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad):
+    def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, detach_residual: bool = False):
         """user_vec: [B, d]; cand_emb: [B, C, d]; hist_emb: [B, R, d]; hist_ratings: [B, R]
-        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32."""
+        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32.
+        ``detach_residual`` (training only; values unchanged) stops the loss from reaching the
+        Generator through the residual score."""
         R = hist_emb.shape[1]
         mem = self.mem(hist_emb + self.rating(hist_ratings) + self.recency.weight[-R:])
         q, k, v = self.q(cand_emb), self.k(mem), self.v(mem)
@@ -45,4 +47,6 @@ class Ranker(nn.Module):
         u = user_vec[:, None, :].expand_as(cand_emb)
         feats = torch.cat([a, cand_emb, a * cand_emb, u * cand_emb], -1)
         gen_score = (u * cand_emb).sum(-1) / self.tau
+        if detach_residual:
+            gen_score = gen_score.detach()
         return gen_score + self.head(feats).squeeze(-1)

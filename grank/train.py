@@ -46,9 +46,13 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
     L = m.max_history
     nxt = np.concatenate([ids[:, -L + 1:], target[:, None]], axis=1) if L > 1 else target[:, None]
     ntp = np.where(ids[:, -L:] != 0, nxt, 0)  # a slot predicts the next item only if it is real
+    # the window ending at the user's last training item (the Split keeps the last two items
+    # of every sequence for validation and test)
+    is_last = ends == data.offsets[users + 1] - data.offsets[users] - 3
     t = torch.as_tensor
     return dict(hist_ids=t(ids), hist_ratings=t(rat), target=t(target.astype(np.int64)),
-                ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]))
+                ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]),
+                is_last=t(is_last))
 
 
 def seen_before(hist_ids: torch.Tensor, slots: torch.Tensor, n_ids: int) -> torch.Tensor:
@@ -75,13 +79,16 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     # this trades a few targets per window for ~4x cheaper steps (see README, training recipe).
     S = min(tc.ntp_positions, L)
     pos = torch.cat([torch.randperm(L - 1)[:S - 1].sort().values, torch.tensor([L - 1])])
+    holdout = model.ranker is not None and tc.ranker_holdout
     xs, vis = [], []
     if m.query_token:
         xs.append(g.query_tokens(batch["user_feats"], pools[:, -L:][:, pos]))
         vis.append(torch.ones(L, L, dtype=torch.bool).tril()[pos][None])  # U_j sees slots 0..j
     if m.aux_tokens:
-        C = min(tc.aux_negatives, B - 1) + 1
-        neg = target[torch.randperm(B)[:C - 1]]
+        # in-batch negatives: other windows' targets (never held-out ones, see ranker_holdout)
+        src = target[~batch["is_last"]] if holdout else target
+        C = max(0, min(tc.aux_negatives, len(src) - 1)) + 1
+        neg = src[torch.randperm(len(src))[:C - 1]]
         cand = torch.cat([target[:, None], neg[None, :].expand(B, -1)], 1)  # [B, C]
         cand_emb = F.embedding(cand, table)
         xs.append(g.aux_tokens(cand_emb))
@@ -95,6 +102,8 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     # and 1/tau folded into the [B, S, d] states instead of the [B, S, N] logits.
     logits = (states / tau) @ table[1:].T  # [B, S, N]
     ntp_t = batch["ntp_targets"][:, pos] - 1  # [B, S] column of the next item, -1 = no loss
+    if holdout:  # the newest slot of a last window predicts the held-out item: L_CA's alone
+        ntp_t[:, -1] = ntp_t[:, -1].masked_fill(batch["is_last"], -1)
     if tc.ntp_mask_seen:
         seen = seen_before(hist_ids, pos + hist_ids.shape[1] - L, table.shape[0])
         seen.scatter_(2, ntp_t.clamp(min=0)[..., None], False)  # a re-consumed target stays a target
@@ -105,9 +114,19 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
         a = x_out[:, S:]
         s = (a * cand_emb).sum(-1) / tau
         s[:, 1:] = s[:, 1:].masked_fill(cand[:, 1:] == target[:, None], NEG_INF)
-        out["sa"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long))
+        sa = F.cross_entropy(s, torch.zeros(B, dtype=torch.long), reduction="none")
+        if holdout:  # the auxiliary tokens would teach the shared table the held-out targets too
+            keep = (~batch["is_last"]).float()
+            out["sa"] = (sa * keep).sum() / keep.sum().clamp(min=1.0)
+        else:
+            out["sa"] = sa.mean()
         total = total + tc.loss_weights[1] * out["sa"]
-    if model.ranker is not None:
+    rows = batch["is_last"].nonzero()[:, 0] if holdout else None
+    if model.ranker is not None and (rows is None or len(rows)):
+        if rows is not None:  # L_CA on the held-out targets only
+            logits, states, hist_ids, hist_rat, target, emb, pad = (
+                x[rows] for x in (logits, states, hist_ids, hist_rat, target, emb, pad))
+            B = len(rows)
         with torch.no_grad():
             gl = F.pad(logits[:, -1].detach(), (1, 0), value=NEG_INF)  # [B, N+1] by dense id
             gl.scatter_(1, hist_ids, NEG_INF)          # seen items are filtered when served
@@ -117,7 +136,8 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
             hard = pool.gather(1, pick)
             rand = torch.randint(1, table.shape[0], (B, tc.ranker_random))
             cand_r = torch.cat([target[:, None], hard, rand], 1)
-        s = model.ranker(states[:, -1], F.embedding(cand_r, table), emb, hist_rat, pad)
+        u = states[:, -1].detach() if tc.ranker_detach else states[:, -1]
+        s = model.ranker(u, F.embedding(cand_r, table), emb, hist_rat, pad, detach_residual=holdout)
         s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == target[:, None], NEG_INF)
         out["ca"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long))
         total = total + tc.loss_weights[2] * out["ca"]
@@ -144,8 +164,9 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+def machine(device: str = "cpu") -> str:
+    gpu = f", {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def save(path: Path, state: dict) -> None:
@@ -170,9 +191,19 @@ def load_checkpoint(path: str | Path, data: Interactions | None = None):
 
 
 def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = True,
-          progress: bool = True, threads: int = 0) -> dict:
+          progress: bool = True, threads: int = 0, device: str = "cpu") -> dict:
     """Train ``cfg`` on ``data``; writes last.pt (every epoch, resumable) and best.pt (best
-    validation HR@10) under ``out_dir``. Returns the summary also saved as train.json."""
+    validation HR@10) under ``out_dir``. Returns the summary also saved as train.json.
+
+    ``device`` ("cpu", "cuda", ...) is a run setting like ``threads``: every tensor of the run
+    (model, batches, sampling) is created there through torch's default-device context, so the
+    training code has no device plumbing. Checkpoints load on any device. GPU runs are not
+    bit-identical to CPU runs (other kernels, and the CUDA generator draws the negatives)."""
+    with torch.device(device):
+        return _train(cfg, data, out_dir, resume, progress, threads, device)
+
+
+def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:  # a run setting, not part of the model config: results do not depend on it
@@ -240,12 +271,12 @@ def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = T
         state["epoch"] = epoch + 1
         checkpoint(last)
         print(json.dumps(rec))
-    summary = dict(variant=cfg.variant, config=trained_config, machine=machine(),
+    summary = dict(variant=cfg.variant, config=trained_config, machine=machine(device),
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
                    best=state["best"], history=state["history"],
                    parameters=sum(p.numel() for p in model.parameters()),
-                   threads=torch.get_num_threads())
+                   threads=torch.get_num_threads(), device=device)
     (out / "train.json").write_text(json.dumps(summary, indent=1))
     return summary
 

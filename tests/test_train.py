@@ -169,3 +169,42 @@ def test_ntp_softmax_never_masks_its_target(ml100k, tiny_cfg):
     torch.manual_seed(0)
     ls = _loss(T.build_model(tiny_cfg, ml100k), batch, tiny_cfg)
     assert ls["ntp"] < 20, ls
+
+
+def test_ranker_holdout_keeps_held_out_targets_away_from_the_generator(ml100k, tiny_cfg):
+    """With train.ranker_holdout the last training item of each user is L_CA's alone: changing
+    it changes L_CA but neither L_NTP nor L_SA-info (the losses that shape the Generator)."""
+    from grank.config import apply_overrides
+    cfg = apply_overrides(tiny_cfg, {"train.ranker_holdout": True})
+    sp = split(ml100k, cfg.train.max_users)
+    u, e = epoch_samples(sp, cfg.model.max_history, np.random.default_rng(123))
+    batch = T.make_batch(ml100k, u[:96], e[:96], cfg)
+    last = batch["is_last"]
+    assert 0 < int(last.sum()) < len(last)
+    ends_last = np.array([sp.train_len(int(x)) - 1 for x in u[:96]])
+    assert last.numpy().tolist() == (e[:96] == ends_last).tolist()
+    other = {k: v.clone() for k, v in batch.items()}
+    swapped = other["target"].roll(1)  # other real items
+    other["target"] = torch.where(last, swapped, other["target"])
+    other["ntp_targets"][:, -1] = torch.where(last, swapped, other["ntp_targets"][:, -1])
+    model = T.build_model(cfg, ml100k)
+    for p in model.ranker.head[-1].parameters():  # make the Ranker's correction non-zero
+        torch.nn.init.normal_(p, std=0.5)
+    a, b = _loss(model, batch, cfg), _loss(model, other, cfg)
+    assert a["ntp"] == pytest.approx(b["ntp"], abs=1e-6)
+    assert a["sa"] == pytest.approx(b["sa"], abs=1e-6)
+    assert abs(a["ca"] - b["ca"]) > 1e-3
+    # without the holdout the same change reaches L_NTP
+    c, d = _loss(model, batch, tiny_cfg), _loss(model, other, tiny_cfg)
+    assert abs(c["ntp"] - d["ntp"]) > 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_gives_a_checkpoint_that_loads_on_the_cpu(ml100k, tiny_cfg, tmp_path):
+    s = T.train(tiny_cfg, ml100k, tmp_path, progress=False, device="cuda")
+    assert s["device"] == "cuda" and s["history"][-1]["loss_total"] < s["history"][0]["loss_total"]
+    model, cfg, _ = T.load_checkpoint(tmp_path / "best.pt", ml100k)
+    assert next(model.parameters()).device.type == "cpu"
+    res = evaluate_model(model, split(ml100k, cfg.train.max_users), "val", cfg.eval, progress=False)
+    assert res["HR@10"] > 0
