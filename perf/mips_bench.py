@@ -96,7 +96,8 @@ def write(res: dict, docs: Path, command: str) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     p = docs / "performance.json"
     old = json.loads(p.read_text()) if p.exists() else {"rows": []}
-    keep = [r for r in old.get("rows", []) if not r["stage"].startswith("mips")]
+    # GPU rows (``perf.gpu_mips``, tagged with their device) come from another machine: kept
+    keep = [r for r in old.get("rows", []) if not r["stage"].startswith("mips") or r.get("device")]
     out = {**old, "mips_command": command, "machine": res["machine"], "mips_date": res["date"],
            "geometry": res["geometry"], "mixture": res["mixture"], "rows": keep + res["rows"]}
     p.write_text(json.dumps(out, indent=1))

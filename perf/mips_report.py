@@ -52,8 +52,83 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> s
     return path.name
 
 
+def _gpu_plot(rows, docs: Path, device: str) -> str | None:
+    """p50 latency vs N per GPU method at batch 1 and the largest batch (smallest k)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not rows:
+        return None
+    k0 = min(r["k"] for r in rows)
+    batches = (min(r["batch"] for r in rows), max(r["batch"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, b in zip(axes, batches):
+        for m in sorted({r["method"] for r in rows}):
+            pts = sorted((r["N"], r["p50_ms"]) for r in rows if r["method"] == m and r["k"] == k0 and r["batch"] == b)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+        for prec, style in (("fp32", "k:"), ("fp16", "k--")):
+            fl = sorted((r["N"], r["floor_ms"]) for r in rows if r["precision"] == prec and r["k"] == k0
+                        and r["batch"] == b and r["method"].endswith(prec))
+            ax.plot([p[0] for p in fl], [p[1] for p in fl], style, label=f"floor {prec}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"batch {b}", fontsize=9)
+        ax.set_xlabel("catalogue size N")
+        ax.set_ylabel("p50 latency, host to host (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Brute-force MIPS on {device}, k = {k0}", fontsize=10)
+    fig.tight_layout()
+    name = "mips_gpu_latency_vs_n.png"
+    fig.savefig(docs / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def gpu_markdown(perf: dict, docs: Path) -> list[str]:
+    lines = []
+    for device, g in perf.get("gpus", {}).items():
+        rows = [r for r in perf["rows"] if r.get("device") == device]
+        rates = ", ".join(f"{p} {t} TFLOP/s" for p, t in g["gemm_tflops"].items())
+        lines += ["", f"## MIPS stage on a GPU: {device}", "",
+                  f"Date: {g['date']}. torch {g['torch']}. Command: `{g.get('command', '')}`.  ",
+                  f"Measured in the same run: device-to-device copy {g['copy_bandwidth_gbs']} GB/s "
+                  f"(bytes read + written), dense GEMM {rates} (8192^3, best of 10; fp32 without TF32). "
+                  "Floor = max(stored table bytes / copy rate, 2·B·N·d / GEMM rate of the table's precision). "
+                  "Latency is host to host: the query batch is copied in from pinned memory and the ids "
+                  "back. Catalogues: the same mixture as the CPU runs, sampled on the device. "
+                  f"`*_rescore`: top {g['rescore_factor']}·k from the half-precision table, re-scored "
+                  "in fp32, cut to k. Recall@k against the fp32 top-k of 256 real users.", ""]
+        for k in sorted({r["k"] for r in rows}):
+            bs = sorted({r["batch"] for r in rows})
+            lines += [f"### k = {k}", "",
+                      "| N | method | recall | " + " | ".join(f"p50 ms b={b}" for b in bs) +
+                      f" | QPS b={bs[-1]} | p50/floor b={bs[0]} | p50/floor b={bs[-1]} | table MB |",
+                      "|---|---|---|" + "---|" * (len(bs) + 4)]
+            for n in sorted({r["N"] for r in rows}):
+                for m in dict.fromkeys(r["method"] for r in rows):
+                    by_b = {r["batch"]: r for r in rows if r["N"] == n and r["k"] == k and r["method"] == m}
+                    if not by_b:
+                        continue
+                    r0, r1 = by_b[bs[0]], by_b[bs[-1]]
+                    lines.append(f"| {n:,} | {m} | {r0['recall']:.4f} | " +
+                                 " | ".join(f"{by_b[b]['p50_ms']:.3f}" for b in bs) +
+                                 f" | {r1['qps']:,.0f} | {r0['p50_over_floor']:.1f} | {r1['p50_over_floor']:.1f} | "
+                                 f"{r0['memory_mb']:,.1f} |")
+            lines.append("")
+        png = _gpu_plot(rows, docs, device)
+        if png:
+            lines += [f"![{png}]({png})", ""]
+    return lines
+
+
 def markdown(perf: dict, docs: Path) -> str:
-    rows = perf["rows"]
+    cpu = [r for r in perf["rows"] if r["stage"].startswith("mips") and not r.get("device")]
+    if not cpu:
+        return "\n".join(["# Performance", "",
+                          "CPU MIPS benchmark: not run yet (`make bench`; `make bench-quick` for a smoke run)."]
+                         + gpu_markdown(perf, docs)) + "\n"
+    rows = [r for r in perf["rows"] if not r.get("device")]
     m = perf["machine"]
     lines = ["# Performance", "",
              f"Machine: {m['cpu']}, {m['cores']} threads; measured read bandwidth "
@@ -90,4 +165,5 @@ def markdown(perf: dict, docs: Path) -> str:
                          f"{r.get('new_version_s', '-')} |")
     for png in _plots(rows, docs):
         lines += ["", f"![{png}]({png})"]
+    lines += gpu_markdown(perf, docs)
     return "\n".join(lines) + "\n"
