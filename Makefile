@@ -23,7 +23,7 @@ CONCURRENCY ?= 1:4:1
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: help setup setup-gpu data train train-all evaluate demo test clean export repository \
-	configs tensorrt serve serve-container selfcheck perf bench bench-quick
+	configs tensorrt serve serve-container selfcheck perf bench bench-quick bench-gpu
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -108,6 +108,11 @@ bench: setup ## MIPS stage vs FAISS flat/HNSW/IVF peers and the machine's floor 
 
 bench-quick: setup ## A few-minute smoke run of the MIPS benchmark (N up to 50k) into $(ARTIFACTS)/bench-quick
 	$(PY) -m perf bench --checkpoint $(CHECKPOINT) --quick --docs $(ARTIFACTS)/bench-quick
+
+bench-gpu: setup ## MIPS stage on a CUDA GPU (fp32/fp16/bf16 + exact re-score, N to 100M) -> docs/ (GPU machines only)
+	$(PY) -m perf.gpu_mips --dump-vectors $(CHECKPOINT) --vectors $(ARTIFACTS)/vectors.npz
+	$(PY) -m perf.gpu_mips --vectors $(ARTIFACTS)/vectors.npz --out $(ARTIFACTS)/gpu-mips
+	$(PY) -m perf.gpu_mips --merge $(ARTIFACTS)/gpu-mips/gpu_mips.json
 
 test: setup ## Run the test suite (CPU; GPU tests are skipped with the reason)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
