@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .geometry import fit_mixture
+from .mips_methods import latency
 
 SIZES = (3706, 1_000_000, 5_000_000, 20_000_000, 100_000_000)
 KS = (500, 2000)
@@ -139,20 +140,13 @@ def timed(method: Method, users_host: torch.Tensor, batch: int, k: int, seconds:
           max_calls: int = 400) -> dict:
     """Host-to-host latency per call: pinned query rows in, ids out."""
     out = torch.empty(batch, k, dtype=torch.int64).pin_memory()
-    method.search(users_host[:batch].cuda(), k)
+    method.search(users_host[:batch].cuda(), k)  # warm-up
     torch.cuda.synchronize()
-    lat, t_end, i = [], time.perf_counter() + seconds, 0
-    n = users_host.shape[0]
-    while (time.perf_counter() < t_end or len(lat) < 10) and len(lat) < max_calls:
-        s = (i * batch) % max(1, n - batch)
-        t = time.perf_counter()
-        ids = method.search(users_host[s:s + batch].to("cuda", non_blocking=True), k)
-        out.copy_(ids)
-        lat.append(time.perf_counter() - t)
-        i += 1
-    lat = np.array(lat) * 1e3
-    return {"qps": batch * len(lat) / (lat.sum() / 1e3), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}
+
+    def call(s, e):  # the copy back of the ids waits for the search: no explicit synchronize
+        out.copy_(method.search(users_host[s:e].to("cuda", non_blocking=True), k))
+
+    return latency(call, users_host.shape[0], batch, seconds, max_calls, min_calls=10)
 
 
 def recall(got: torch.Tensor, exact: torch.Tensor) -> float:

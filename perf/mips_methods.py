@@ -213,18 +213,24 @@ def tune(method: Method, queries: np.ndarray, exact: np.ndarray, target: float):
     return None, best
 
 
-def timed(method: Method, queries: np.ndarray, batch: int, min_seconds: float = 1.0,
-          max_calls: int = 200) -> dict:
-    """Latency of ``search`` on ``batch`` rows, cycling through ``queries``."""
-    method.search(queries[:batch])  # warm-up
+def latency(call, n_rows: int, batch: int, min_seconds: float, max_calls: int, min_calls: int = 5) -> dict:
+    """Time ``call(start, stop)`` (one search over rows start:stop of the queries) on
+    consecutive ``batch``-row slices for ``min_seconds`` (at least ``min_calls`` calls, at most
+    ``max_calls``). Returns QPS (rows/s), p50 and p99 latency in ms, and the number of calls."""
     lat, t_end, i = [], time.perf_counter() + min_seconds, 0
-    while (time.perf_counter() < t_end or len(lat) < 5) and len(lat) < max_calls:
-        s = (i * batch) % max(1, len(queries) - batch)
-        q = queries[s:s + batch]
+    while (time.perf_counter() < t_end or len(lat) < min_calls) and len(lat) < max_calls:
+        s = (i * batch) % max(1, n_rows - batch)
         t = time.perf_counter()
-        method.search(q)
+        call(s, s + batch)
         lat.append(time.perf_counter() - t)
         i += 1
     lat = np.array(lat) * 1e3
     return {"qps": batch * len(lat) / (lat.sum() / 1e3), "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}
+
+
+def timed(method: Method, queries: np.ndarray, batch: int, min_seconds: float = 1.0,
+          max_calls: int = 200) -> dict:
+    """Latency of ``search`` on ``batch`` rows, cycling through ``queries``."""
+    method.search(queries[:batch])  # warm-up
+    return latency(lambda s, e: method.search(queries[s:e]), len(queries), batch, min_seconds, max_calls)
