@@ -21,13 +21,19 @@ NEG_INF = float("-inf")
 def mips_scores(user_vecs: torch.Tensor, item_vecs: torch.Tensor, tau: float = 1.0,
                 exclude: torch.Tensor | None = None,
                 exclude_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Full score matrix [B, N+1] with padding (and ``exclude``/``exclude_ids``) set to -inf."""
-    s = (user_vecs @ item_vecs.T) / tau
+    """Full score matrix [B, N+1] with padding (and ``exclude``/``exclude_ids``) set to -inf.
+
+    Written for the exported graph, where every op over the [B, N+1] scores is a pass over
+    memory as large as the table at batch 1 and 256 times larger at batch 256: 1/tau scales the
+    [B, d] user vectors instead, and the padding column joins the history ids in ONE scatter
+    (a separate ``s[:, 0] = -inf`` exports as a ScatterND plus shape plumbing)."""
+    s = (user_vecs / tau) @ item_vecs.T
+    if exclude_ids is not None:
+        pad = torch.zeros_like(exclude_ids[:, :1])
+        return s.scatter(1, torch.cat([pad, exclude_ids], 1), NEG_INF)
     s[:, 0] = NEG_INF
     if exclude is not None:
         s = s.masked_fill(exclude, NEG_INF)
-    if exclude_ids is not None:
-        s = s.scatter(1, exclude_ids, NEG_INF)
     return s
 
 
