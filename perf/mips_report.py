@@ -115,8 +115,8 @@ def _gpu_reading(rows, budget_ms: float = 10.0) -> list[str]:
         out.append(f"- largest measured N with p50 <= {budget_ms:g} ms at batch {b}: " +
                    ", ".join(f"{m} {n:,}" if n else f"{m} none" for m, n in fits.items()) + ".")
     out.append("- At large batches the floor is the GEMM at the table's rate (740+ TFLOP/s in half "
-               "precision), and the time goes to `torch.topk` over the B x N score matrix, which this "
-               "benchmark does not time apart: a fused or two-pass top-k is the next lever there.")
+               "precision), and the time goes to `torch.topk` over the B x N score matrix (timed apart in "
+               "[GPU_TOPK.md](GPU_TOPK.md)): a fused score + top-k kernel is the next lever there.")
     return out
 
 
