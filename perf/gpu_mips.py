@@ -100,33 +100,31 @@ class Method:
             del self.table
 
 
+def best_seconds(fn, repeats: int = 10) -> float:
+    """Best wall time of ``fn()`` on the GPU (synchronised) over ``repeats``, after one warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def copy_bandwidth_gbs(gib: float = 4.0, repeats: int = 10) -> float:
     """Device-to-device copy, bytes read + written per second (best of ``repeats``)."""
     x = torch.empty(int(gib * 2**30 / 4), device="cuda")
     y = torch.empty_like(x)
-    y.copy_(x)
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        y.copy_(x)
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
+    best = best_seconds(lambda: y.copy_(x), repeats)
     del x, y
     return 2 * gib * 2**30 / best / 1e9
 
 
 def gemm_tflops(dtype, n: int = 8192, repeats: int = 10) -> float:
     a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e12
+    return 2 * n ** 3 / best_seconds(lambda: a @ b, repeats) / 1e12
 
 
 def floor_ms(table_bytes: int, n: int, d: int, batch: int, bw_gbs: float, tflops: float) -> float:

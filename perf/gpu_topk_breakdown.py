@@ -7,22 +7,14 @@ after a warm-up; results in docs/GPU_TOPK.md.
 """
 from __future__ import annotations
 
-import time
-
 import torch
+
+from .gpu_mips import best_seconds
 
 
 def bench(fn, n: int = 10) -> float:
     """Best wall time of ``fn`` in ms (synchronised), after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    return best_seconds(fn, n) * 1e3
 
 
 def split_topk(s: torch.Tensor, k: int, m: int):
