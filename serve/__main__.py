@@ -31,15 +31,21 @@ def main(argv=None) -> int:
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while models load: do not leave tritonserver behind
+        s.stop()
+        print("interrupted while starting; server stopped", file=sys.stderr)
+        return 130
+    stop = {"now": False}
+    # explicit handlers: a shell starts background jobs with SIGINT ignored, and `kill -INT`
+    # must still stop them cleanly. Installed BEFORE the banner: whoever reads "Ctrl-C stops
+    # the server" may signal at once, and a SIGINT landing between the print and the handler
+    # would otherwise raise KeyboardInterrupt and skip the clean stop (seen in CI).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(now=True))
     print(f"Triton {a.repository} ready in {time.time() - t0:.1f} s (pid {s.proc.pid})\n"
           f"  HTTP    {s.http_url}   (curl {s.http_url}/v2/models/grank)\n"
           f"  gRPC    {s.grpc_url}\n  metrics {s.metrics_url}\n  log     {s.log_file}\n"
           "Ctrl-C stops the server.", flush=True)
-    stop = {"now": False}
-    # explicit handlers: a shell starts background jobs with SIGINT ignored, and `kill -INT`
-    # must still stop them cleanly
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.update(now=True))
     while not stop["now"] and s.proc.poll() is None:
         time.sleep(0.5)
     code = s.proc.poll()

@@ -163,7 +163,7 @@ class TritonServer:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM by pid (Triton then unloads models and exits), SIGKILL after ``timeout``."""
+        """SIGINT by pid (Triton then unloads models and exits), SIGKILL after ``timeout``."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGINT)
