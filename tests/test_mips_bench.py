@@ -68,3 +68,17 @@ def test_floor_is_the_larger_of_bandwidth_and_compute():
     # 1M x 64 fp32 = 256 MB at 64 GB/s = 4 ms; batch 1: 128 MFLOP at 100 GFLOP/s = 1.28 ms
     assert floor_ms(1_000_000, 64, 1, 64, 100) == pytest.approx(4.0)
     assert floor_ms(1_000_000, 64, 256, 64, 100) == pytest.approx(327.68)
+
+
+def test_mixture_sample_memory_stays_linear_in_the_output(clustered):
+    """Regression: sampling once gathered an [n, d, d] float64 Cholesky stack (32 GB at 1M x 64)."""
+    import tracemalloc
+    items, _ = clustered
+    mix = fit_mixture(items, k=8)
+    n = 100_000
+    tracemalloc.start()
+    out = sample(mix, n, seed=0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (n, items.shape[1]) and np.isfinite(out).all()
+    assert peak < 16 * out.nbytes, f"peak {peak / 2**20:.0f} MiB for a {out.nbytes / 2**20:.0f} MiB sample"
