@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small smoke run (N up to 50k, k 500, batch 1/16)")
     p.add_argument("--seconds", type=float, default=1.0, help="timing window per point")
     p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
+    p.add_argument("--partial", default="artifacts/bench-partial.json",
+                   help="rows so far, rewritten after every method (kept if the run dies)")
     a = ap.parse_args(argv)
     if a.cmd == "bench":
         return _bench(a, argv)
@@ -66,7 +68,7 @@ def _bench(a, argv) -> int:
     from .mips_bench import run, write
     from .mips_report import markdown
     docs = Path(a.docs)
-    res = run(a.checkpoint, quick=a.quick, seconds=a.seconds)
+    res = run(a.checkpoint, quick=a.quick, seconds=a.seconds, partial=Path(a.partial))
     cmd = "python -m perf " + shlex.join(argv if argv is not None else sys.argv[1:])
     p = write(res, docs, cmd)
     import json

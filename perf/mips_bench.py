@@ -17,7 +17,7 @@ import numpy as np
 
 from . import floor as F
 from .geometry import fit_mixture, geometry_report, sample, trained_vectors
-from .mips_methods import EXACT, INDEXED, TorchTopK, recall, timed, tune
+from .mips_methods import EXACT, INDEXED, REDUCED, TorchTopK, recall, timed, tune
 
 FULL = dict(sizes=(0, 1_000_000, 5_000_000), ks=(500, 2000), batches=(1, 16, 64, 256), targets=(0.95, 0.99))
 QUICK = dict(sizes=(0, 50_000), ks=(500,), batches=(1, 16), targets=(0.95,))
@@ -30,7 +30,9 @@ def exact_ids(items, queries, k, chunk=256):
 
 
 def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: int = 300,
-        log=print) -> dict:
+        log=print, partial: Path | None = None) -> dict:
+    """``partial``: a JSON file rewritten with the rows so far after every method, so that a
+    run of an hour or more that dies at 5M keeps what it measured."""
     plan = QUICK if quick else FULL
     t_run = time.time()
     items_real, users = trained_vectors(checkpoint)
@@ -44,25 +46,27 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
         items = items_real if n == 0 else sample(mix, n, seed=0)
         n = len(items)
         rq = users[:recall_queries]
-        for k in plan["ks"]:
-            if k > n:
+        ks = [k for k in plan["ks"] if k <= n]
+        exact = {k: exact_ids(items, rq, k) for k in ks}
+        for M in EXACT + REDUCED + INDEXED:
+            if M.name == "faiss_ivfpq_refine" and n < 39 * 256:
+                log(f"  {M.name} N={n}: skipped, PQ codebooks need >= {39 * 256} training points")
                 continue
-            exact = exact_ids(items, rq, k)
-            methods = [M() for M in EXACT + INDEXED]
-            for m in methods:
-                if m.name == "faiss_ivfpq_refine" and n < 39 * 256:
-                    log(f"  {m.name} N={n}: skipped, PQ codebooks need >= {39 * 256} training points")
-                    continue
-                build_s = m.build(items, k)
+            m = M()
+            # one index per catalogue, reused for every k (an HNSW build at 5M takes many minutes)
+            build_s = m.build(items, ks[0])
+            log(f"  {m.name} N={n}: built in {build_s:.1f} s")
+            for k in ks:
+                rebuilt = m.set_k(items, k) if k != ks[0] else None
+                build_k = build_s if rebuilt is None else rebuilt
                 targets = plan["targets"] if m.tunable else (None,)
                 for target in targets:
-                    param = None
                     if target is not None:
-                        param, r = tune(m, rq, exact, target)
+                        param, r = tune(m, rq, exact[k], target)
                         if param is None:
                             log(f"  {m.name} N={n} k={k}: recall {r:.3f} < {target} at the end of its grid")
                             continue
-                    r = recall(m.search(rq), exact)
+                    r = recall(m.search(rq), exact[k])
                     for b in plan["batches"]:
                         t = timed(m, users, b, seconds)
                         fl = F.floor_ms(n, items.shape[1], b, bw, gf)
@@ -71,19 +75,24 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
                                      "p99_ms": round(t["p99_ms"], 3), "recall": round(r, 4),
                                      "recall_target": target, "floor_ms": round(fl, 3),
                                      "p50_over_floor": round(t["p50_ms"] / fl, 2),
-                                     "build_s": round(build_s, 2), "memory_mb": round(m.memory_bytes / 2**20, 1),
+                                     "build_s": round(build_k, 2), "memory_mb": round(m.memory_bytes / 2**20, 1),
                                      "params": dict(m.params)})
                         log(f"  {m.name:20s} N={n:>8} k={k:>4} b={b:>3} target={target} recall={r:.3f} "
                             f"qps={t['qps']:9.1f} p50={t['p50_ms']:8.2f} ms floor={fl:7.2f} ms")
-                if hasattr(m, "add_time"):
-                    rows.append({"stage": "mips_freshness", "method": m.name, "N": n, "k": k,
-                                 "add_one_s": round(m.add_time(items[:1].copy()), 5),
-                                 "rebuild_s": round(build_s, 2)})
-                elif m.name == "grank_mips":
-                    # index-free: a changed item ships as a new model version = export + load
-                    rows.append({"stage": "mips_freshness", "method": m.name, "N": n, "k": k,
-                                 "new_version_s": round(build_s, 2)})
-                del m
+            # freshness once per catalogue, after every k is measured (adding an item changes
+            # the index the later k would search)
+            if hasattr(m, "add_time"):
+                rows.append({"stage": "mips_freshness", "method": m.name, "N": n, "k": ks[0],
+                             "add_one_s": round(m.add_time(items[:1].copy()), 5),
+                             "rebuild_s": round(build_s, 2)})
+            elif m.name.startswith("grank_mips"):
+                # index-free: a changed item ships as a new model version = export + load
+                rows.append({"stage": "mips_freshness", "method": m.name, "N": n, "k": ks[0],
+                             "new_version_s": round(build_s, 2)})
+            del m
+            if partial is not None:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps({"bw_gbs": bw, "gemm_gflops": gf, "rows": rows}))
     return {"machine": {"cpu": platform.processor() or platform.machine(), "cores": F.torch.get_num_threads(),
                         "read_bandwidth_gbs": round(bw, 1), "gemm_gflops": round(gf, 1)},
             "date": date.today().isoformat(), "quick": quick, "geometry": geo,

@@ -35,7 +35,22 @@ class Method:
     def set_param(self, value) -> None:
         pass
 
+    def set_k(self, items: np.ndarray, k: int) -> float | None:
+        """Switch to another k without rebuilding the index; methods whose graph bakes k in
+        rebuild and return the seconds that took (None: nothing was rebuilt)."""
+        self.k = k
+        return None
+
     memory_bytes = 0
+
+
+def _mips_signature(d: int, k: int):
+    """The served MIPS signature for a d-wide table, k candidates and the served history."""
+    from grank.config import make_config
+    from grank.signatures import MIPS, signatures
+    cfg = make_config("default", overrides={"model.d_model": d, "eval.k1": k, "eval.k2": 1, "eval.ks": (1,),
+                                            "model.ranker_history": SERVED_HISTORY})
+    return signatures(cfg)[MIPS]
 
 
 class GrankMips(Method):
@@ -46,17 +61,13 @@ class GrankMips(Method):
         import onnxruntime as ort
 
         from export.onnx_models import MipsTopK, export_one
-        from grank.config import make_config
-        from grank.signatures import MIPS, signatures
         t = time.perf_counter()
         table = torch.cat([torch.zeros(1, items.shape[1]), torch.from_numpy(items)])
-        cfg = make_config("default", overrides={"model.d_model": items.shape[1], "eval.k1": k, "eval.k2": 1, "eval.ks": (1,),
-                                                "model.ranker_history": SERVED_HISTORY})
         self.k, self.R = k, SERVED_HISTORY
         arrays = {"user_embedding": np.zeros((2, items.shape[1]), np.float32),
                   "history_ids": np.zeros((2, SERVED_HISTORY), np.int64)}
         self._dir = tempfile.TemporaryDirectory()
-        path = export_one(MipsTopK(table, k).eval(), signatures(cfg)[MIPS], arrays,
+        path = export_one(MipsTopK(table, k).eval(), _mips_signature(items.shape[1], k), arrays,
                           Path(self._dir.name) / "mips.onnx")
         so = ort.SessionOptions()
         so.intra_op_num_threads = THREADS
@@ -68,6 +79,35 @@ class GrankMips(Method):
         hist = np.zeros((len(q), self.R), np.int64)
         ids, _ = self.sess.run(["candidate_ids", "candidate_scores"], {"user_embedding": q, "history_ids": hist})
         return ids - 1
+
+    def set_k(self, items, k):
+        return self.build(items, k)
+
+
+class GrankMipsInt8(GrankMips):
+    """``export.mips_int8``: int8 scan of the whole table + exact fp32 re-score of the top 2k,
+    same signature as the served module, via ONNX Runtime."""
+    name = "grank_mips_int8"
+    RESCORE = 2  # short list = RESCORE * k
+
+    def build(self, items, k):
+        import onnx
+        import onnxruntime as ort
+
+        from export.mips_int8 import int8_mips_model
+        t = time.perf_counter()
+        table = np.concatenate([np.zeros((1, items.shape[1]), np.float32), items])
+        self.k, self.R = k, SERVED_HISTORY
+        self._dir = tempfile.TemporaryDirectory()
+        path = Path(self._dir.name) / "mips_int8.onnx"
+        onnx.save(int8_mips_model(table, k, _mips_signature(items.shape[1], k), rescore=self.RESCORE * k),
+                  str(path), save_as_external_data=True, location="mips_int8.onnx.data")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.memory_bytes = sum(f.stat().st_size for f in Path(self._dir.name).iterdir())
+        self.params = {"rescore": self.RESCORE * k, "item_bits": 7}
+        return time.perf_counter() - t
 
 
 class TorchTopK(Method):
@@ -192,6 +232,7 @@ class FaissIVFPQRefine(_Faiss):
 
 
 EXACT = (GrankMips, TorchTopK, FaissFlat)
+REDUCED = (GrankMipsInt8,)  # approximate scan, exact scores of what it returns
 INDEXED = (FaissHNSW, FaissIVFFlat, FaissIVFPQRefine)
 
 
