@@ -20,10 +20,14 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 CONCURRENCY ?= 1:4:1
+RATES ?= 20:120:20
+QPS ?= 1000
+P99_MS ?= 50
+ITEMS ?= 1000000
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: help setup setup-gpu data train train-all evaluate demo test clean export repository \
-	configs tensorrt serve serve-container selfcheck perf bench bench-quick bench-gpu
+	configs tensorrt serve serve-container selfcheck perf perf-tune plan bench bench-quick bench-gpu
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +35,7 @@ help: ## List the targets and their variables
 	@echo "  DEMO_PRESET=$(DEMO_PRESET) THREADS=$(THREADS) ARTIFACTS=$(ARTIFACTS) PY=$(PY)"
 	@echo "  CHECKPOINT=$(CHECKPOINT) REPOSITORY=$(REPOSITORY)"
 	@echo "  HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) METRICS_PORT=$(METRICS_PORT) CONCURRENCY=$(CONCURRENCY)"
+	@echo "  RATES=$(RATES) QPS=$(QPS) P99_MS=$(P99_MS) ITEMS=$(ITEMS)"
 	@echo "  TRITON_IMAGE=$(TRITON_IMAGE)"
 
 setup: $(STAMP) ## Create .venv with every pinned dependency (idempotent)
@@ -102,6 +107,16 @@ selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 
 
 perf: setup ## perf_analyzer concurrency sweep (CONCURRENCY) against a running server; CSV + plot in $(ARTIFACTS)/perf
 	$(PY) -m perf sweep --url localhost:$(GRPC_PORT) --concurrency $(CONCURRENCY) --out $(ARTIFACTS)/perf
+
+perf-tune: setup ## Serve each serving variant on its own Triton, sweep it (perf_analyzer), 1M-item catalogue, open loop -> docs/ (needs `make repository`; ~30 min)
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) \
+	  --variants default delay0 delay1ms delay4ms threads1 inst2_threads1
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --protocols http
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --request-rate $(RATES)
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --items 1000000
+
+plan: setup ## Capacity planner from docs/performance.json: make plan QPS=2000 P99_MS=50 ITEMS=1000000
+	$(PY) -m perf plan --qps $(QPS) --p99-ms $(P99_MS) --items $(ITEMS)
 
 bench: setup ## MIPS stage vs FAISS flat/HNSW/IVF peers and the machine's floor (N to 5M; long) -> docs/
 	$(PY) -m perf bench --checkpoint $(CHECKPOINT)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from grank.config import Config
@@ -36,10 +37,32 @@ def _tensors(kind: str, tensors) -> str:
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
-def _model_config(sig: Signature, backend: str) -> str:
-    return (f'name: "{sig.name}"\nbackend: "{backend}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+@dataclass(frozen=True)
+class Serving:
+    """Serving settings of the ONNX models' config.pbtxt: what ``python -m perf tune`` varies.
+    The defaults are what the committed configs say (measurements: docs/PERFORMANCE.md)."""
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US  # dynamic batching: longest wait to fill a batch
+    instances: int = 0          # instance_group count (kind left to Triton: per GPU, else CPU);
+                                # 0 = no instance_group, Triton's default of one
+    intra_op_threads: int = 0   # ONNX Runtime intra-op threads per instance; 0 = all cores
+
+    def __post_init__(self):
+        for f in ("max_queue_delay_us", "instances", "intra_op_threads"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+                raise ValueError(f"serving.{f}: must be an integer >= 0, got {getattr(self, f)!r}")
+
+
+def _model_config(sig: Signature, backend: str, serving: Serving = Serving()) -> str:
+    text = (f'name: "{sig.name}"\nbackend: "{backend}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
             + _tensors("input", sig.inputs) + _tensors("output", sig.outputs)
-            + f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n")
+            + f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_queue_delay_us}\n}}\n")
+    if backend == "onnxruntime" and serving.instances:
+        text += f"instance_group [\n  {{\n    count: {serving.instances}\n  }}\n]\n"
+    if backend == "onnxruntime" and serving.intra_op_threads:
+        # the native ONNX Runtime backend's parameter; serve/backends/onnxruntime honours it too
+        text += ('parameters {\n  key: "intra_op_thread_count"\n'
+                 f'  value: {{ string_value: "{serving.intra_op_threads}" }}\n}}\n')
+    return text
 
 
 def _step(model: str, inputs: dict, outputs: dict) -> str:
@@ -67,19 +90,19 @@ def _ensemble_config(sigs: dict) -> str:
             + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
 
 
-def model_configs(cfg: Config) -> dict[str, str]:
+def model_configs(cfg: Config, serving: Serving = Serving()) -> dict[str, str]:
     """config.pbtxt text for every model of the repository, by model name."""
     sigs = signatures(cfg)
     head = HEADER.format(R=cfg.model.ranker_history, d=cfg.model.d_model, k1=cfg.eval.k1, k2=cfg.eval.k2)
-    out = {name: head + _model_config(sigs[name], "onnxruntime") for name in ONNX_MODELS}
+    out = {name: head + _model_config(sigs[name], "onnxruntime", serving) for name in ONNX_MODELS}
     out[VALIDATE] = head + _model_config(sigs[VALIDATE], "python")
     out[ENSEMBLE] = head + _ensemble_config(sigs)
     return out
 
 
-def write_configs(cfg: Config, repo: Path) -> list[Path]:
+def write_configs(cfg: Config, repo: Path, serving: Serving = Serving()) -> list[Path]:
     paths = []
-    for name, text in model_configs(cfg).items():
+    for name, text in model_configs(cfg, serving).items():
         p = Path(repo) / name / "config.pbtxt"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)

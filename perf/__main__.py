@@ -32,7 +32,36 @@ def main(argv=None) -> int:
     p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
     p.add_argument("--partial", default="artifacts/bench-partial.json",
                    help="rows so far, rewritten after every method (kept if the run dies)")
+    p = sub.add_parser("plan", help="capacity planner: machines / GPUs / servers for a target QPS and p99")
+    p.add_argument("--qps", type=float, required=True, help="target queries (users) per second")
+    p.add_argument("--p99-ms", type=float, required=True, help="p99 latency budget in ms")
+    p.add_argument("--items", type=int, required=True, help="catalogue size N")
+    p.add_argument("--k", type=int, default=500, help="MIPS candidates k1 (a measured value)")
+    p.add_argument("--recall", type=float, default=0.99, help="minimum recall@k1 of index methods")
+    p.add_argument("--headroom", type=float, default=0.8, help="fraction of measured throughput to plan for")
+    p.add_argument("--perf", default="docs/performance.json", help="measured rows")
+    p.add_argument("--csv", nargs="*", default=[], help="extra perf_analyzer CSVs of the ensemble")
+    p.add_argument("--csv-items", type=int, default=None, help="catalogue size the --csv runs served")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p = sub.add_parser("tune", help="serve variants of the repository and sweep each with perf_analyzer")
+    p.add_argument("--checkpoint", default="artifacts/default/grank/best.pt", help="the served model")
+    p.add_argument("--repository", default="model_repository", help="a built repository (make repository)")
+    p.add_argument("--variants", nargs="*", default=["default"],
+                   help="serving variants (perf.tune.VARIANTS: %(default)s ...)")
+    p.add_argument("--protocols", nargs="*", default=["grpc"], choices=["grpc", "http"])
+    p.add_argument("--concurrency", default="1:9:2", help="start:end:step")
+    p.add_argument("--request-rate", default=None,
+                   help="start:end:step: an open-loop Poisson sweep instead of the concurrency one")
+    p.add_argument("--items", type=int, default=0,
+                   help="serve a catalogue padded to this many items (synthetic, trained geometry)")
+    p.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window")
+    p.add_argument("--out", default="artifacts/tune", help="one directory per run")
+    p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
     a = ap.parse_args(argv)
+    if a.cmd == "tune":
+        return _tune(a)
+    if a.cmd == "plan":
+        return _plan(a)
     if a.cmd == "bench":
         return _bench(a, argv)
 
@@ -59,6 +88,74 @@ def main(argv=None) -> int:
     for r in res["rows"]:
         print(f"{r['load']:6g} {r['qps']:9.1f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f}")
     print(f"CSV, log, command and plot in {res['dir']}/ (perf.csv, perf_analyzer.log, command.txt, perf.png)")
+    return 0
+
+
+def _tune(a) -> int:
+    import json
+
+    import torch
+
+    from grank.config import Config
+    from grank.data import load
+
+    from .mips_report import markdown
+    from .tune import VARIANTS, big_catalogue_models, merge, run_variant, variant_repository
+    unknown = [v for v in a.variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: --variants: unknown {unknown}; choose from {sorted(VARIANTS)}", file=sys.stderr)
+        return 2
+    repo = Path(a.repository)
+    if not (repo / "grank_mips" / "1" / "model.onnx").exists():
+        print(f"error: --repository: {repo} has no built models (run `make repository`)", file=sys.stderr)
+        return 2
+    cfg = Config.from_dict(torch.load(a.checkpoint, map_location="cpu", weights_only=True)["config"])
+    data = load(cfg.dataset)
+    out = Path(a.out)
+    models, n_items = None, data.n_items
+    if a.items:
+        print(f"building the {a.items:,}-item MIPS and Ranker graphs ...")
+        models, n_items = big_catalogue_models(a.checkpoint, a.items, out / f"items{a.items}"), a.items
+    rows = []
+    for v in a.variants:
+        name = v + (f"@{n_items}" if a.items else "") + ("+rate" if a.request_rate else "")
+        r = variant_repository(repo, out / name / "repository", cfg, VARIANTS[v], models)
+        for proto in a.protocols:
+            try:
+                rows += run_variant(name, r, proto, out / name / proto, data, n_items,
+                                    concurrency=a.concurrency, request_rate=a.request_rate,
+                                    interval_ms=a.interval_ms)
+            except RuntimeError as e:
+                print(f"error: {name} {proto}: {e}", file=sys.stderr)
+                return 1
+    docs = Path(a.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    p = merge(rows, docs)
+    (docs / "PERFORMANCE.md").write_text(markdown(json.loads(p.read_text()), docs))
+    print(f"{'variant':28s} {'proto':5s} {'load':>6} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in rows:
+        print(f"{r['method']:28s} {r['protocol']:5s} {r['load']:6g} {r['qps']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+    print(f"runs in {out}/, rows merged into {p}, report {docs / 'PERFORMANCE.md'}")
+    return 0
+
+
+def _plan(a) -> int:
+    import dataclasses
+    import json
+
+    from .planner import csv_rows, format_plan, load_perf, plan
+    try:
+        perf = load_perf(Path(a.perf))
+        p = plan(perf, a.qps, a.p99_ms, a.items, a.k, a.recall, a.headroom,
+                 extra_rows=csv_rows(a.csv, a.csv_items) if a.csv else None)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps({k: [dataclasses.asdict(o) for o in v] if k != "inputs" else v for k, v in p.items()},
+                         indent=1))
+    else:
+        print(format_plan(p, perf))
     return 0
 
 

@@ -42,6 +42,7 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
     bw, gf = F.read_bandwidth_gbs(), F.gemm_gflops()
     log(f"machine: read bandwidth {bw:.1f} GB/s, fp32 GEMM {gf:.0f} GFLOP/s")
     rows = []
+    unreachable: dict[str, int] = {}  # method -> N at which even the lowest recall target failed
     for n in plan["sizes"]:
         items = items_real if n == 0 else sample(mix, n, seed=0)
         n = len(items)
@@ -51,6 +52,13 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
         for M in EXACT + REDUCED + INDEXED:
             if M.name == "faiss_ivfpq_refine" and n < 39 * 256:
                 log(f"  {M.name} N={n}: skipped, PQ codebooks need >= {39 * 256} training points")
+                continue
+            if M.name in unreachable:
+                # same parameters, more items: recall at a fixed search effort only falls with N
+                log(f"  {M.name} N={n}: skipped, recall {min(plan['targets'])} was out of its grid's reach "
+                    f"already at N={unreachable[M.name]:,}")
+                rows.append({"stage": "mips_skipped", "method": M.name, "N": n,
+                             "reason": f"recall {min(plan['targets'])} unreachable at N={unreachable[M.name]}"})
                 continue
             m = M()
             # one index per catalogue, reused for every k (an HNSW build at 5M takes many minutes)
@@ -65,6 +73,11 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
                         param, r = tune(m, rq, exact[k], target)
                         if param is None:
                             log(f"  {m.name} N={n} k={k}: recall {r:.3f} < {target} at the end of its grid")
+                            rows.append({"stage": "mips_unreached", "method": m.name, "N": n, "k": k,
+                                         "recall_target": target, "best_recall": round(r, 4),
+                                         "build_s": round(build_k, 2), "params": dict(m.params)})
+                            if target == min(plan["targets"]) and k == ks[0]:
+                                unreachable[m.name] = n
                             continue
                     r = recall(m.search(rq), exact[k])
                     for b in plan["batches"]:

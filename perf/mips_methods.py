@@ -163,23 +163,42 @@ def _nlist(n: int) -> int:
 
 
 class FaissHNSW(_Faiss):
+    """HNSW graph (M = 32, efConstruction = 80) over the MIPS -> L2 reduction (Bachrach et al.
+    2014): items get an extra coordinate sqrt(max|x|^2 - |x|^2), queries a 0, so the nearest
+    item in L2 is the one with the largest inner product. A graph built on raw inner products
+    saturated below recall 0.95 at k = 500 (0.949 vs 0.993 at efSearch 4000, 200k items of the
+    trained geometry); a new item longer than the longest indexed one needs a rebuild."""
     name = "faiss_hnsw"
     tunable = "efSearch"
     M, EF_CONSTRUCTION = 32, 80
 
+    def _augment(self, x, queries: bool = False):
+        extra = np.zeros((len(x), 1), np.float32) if queries else \
+            np.sqrt(np.maximum(self._max_sq - (x ** 2).sum(1), 0))[:, None].astype(np.float32)
+        return np.ascontiguousarray(np.hstack([x, extra]))
+
     def _index(self, items):
         import faiss
-        ix = faiss.IndexHNSWFlat(items.shape[1], self.M, faiss.METRIC_INNER_PRODUCT)
+        self._max_sq = float((items ** 2).sum(1).max())
+        ix = faiss.IndexHNSWFlat(items.shape[1] + 1, self.M)
         ix.hnsw.efConstruction = self.EF_CONSTRUCTION
-        ix.add(items)
+        ix.add(self._augment(items))
         return ix
+
+    def search(self, q):
+        return self.index.search(self._augment(q, queries=True), self.k)[1]
+
+    def add_time(self, v):
+        t = time.perf_counter()
+        self.index.add(self._augment(v))
+        return time.perf_counter() - t
 
     def grid(self, n):
         return [int(self.k * f) for f in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64)]
 
     def set_param(self, v):
         self.index.hnsw.efSearch = int(v)
-        self.params = {"M": self.M, "efConstruction": self.EF_CONSTRUCTION, "efSearch": int(v)}
+        self.params = {"M": self.M, "efConstruction": self.EF_CONSTRUCTION, "efSearch": int(v), "reduction": "mips->l2"}
 
 
 class FaissIVFFlat(_Faiss):
@@ -271,7 +290,12 @@ def latency(call, n_rows: int, batch: int, min_seconds: float, max_calls: int, m
 
 
 def timed(method: Method, queries: np.ndarray, batch: int, min_seconds: float = 1.0,
-          max_calls: int = 200) -> dict:
-    """Latency of ``search`` on ``batch`` rows, cycling through ``queries``."""
+          max_calls: int = 200, windows: int = 2) -> dict:
+    """Latency of ``search`` on ``batch`` rows, cycling through ``queries``: ``windows``
+    windows of ``min_seconds`` (at least 3 calls each); the window with the lowest p50 is
+    reported, as the floor takes its best of 5: on a shared machine a neighbour's burst slows a
+    whole window, never speeds one up."""
     method.search(queries[:batch])  # warm-up
-    return latency(lambda s, e: method.search(queries[s:e]), len(queries), batch, min_seconds, max_calls)
+    runs = [latency(lambda s, e: method.search(queries[s:e]), len(queries), batch, min_seconds, max_calls,
+                    min_calls=3) for _ in range(windows)]
+    return min(runs, key=lambda t: t["p50_ms"])

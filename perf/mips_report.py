@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .ensemble_report import ensemble_markdown
+
 
 def _plots(rows, docs: Path) -> list[str]:
     import matplotlib
@@ -120,6 +122,72 @@ def _gpu_reading(rows, budget_ms: float = 10.0) -> list[str]:
     return out
 
 
+EXACT_CPU = ("grank_mips", "torch_topk", "faiss_flat")
+INDEX_CPU = ("faiss_hnsw", "faiss_ivfflat", "faiss_ivfpq_refine")
+
+
+def cpu_reading(rows: list[dict], fresh: list[dict]) -> list[str]:
+    """The issue's bars and comparisons, computed from the CPU rows (never typed in):
+    fastest exact method per (N, k, batch), p50 / floor at N = 1M, k = 500, batch >= 16, the
+    int8 table's speed-up and recall, and the index peers at recall >= 0.99 against the module."""
+    at = {(r["method"], r["N"], r["k"], r["batch"], r["recall_target"]): r for r in rows}
+    ns, ks, bs = (sorted({r[f] for r in rows}) for f in ("N", "k", "batch"))
+    out = []
+    lost = []
+    total = 0
+    for n in ns:
+        for k in ks:
+            for b in bs:
+                ex = {m: at[(m, n, k, b, None)] for m in EXACT_CPU if (m, n, k, b, None) in at}
+                if "grank_mips" not in ex:
+                    continue
+                total += 1
+                best = min(ex.values(), key=lambda r: r["p50_ms"])
+                if best["method"] != "grank_mips":
+                    lost.append(f"N={n:,} k={k} b={b}: {best['method']} {best['p50_ms']:.2f} ms vs "
+                                f"grank_mips {ex['grank_mips']['p50_ms']:.2f} ms")
+    out.append(f"- **Fastest exact method** (p50): grank_mips in {total - len(lost)} of {total} (N, k, batch) "
+               "points" + ("." if not lost else "; not in: " + "; ".join(lost) + "."))
+    fl = [(b, at[("grank_mips", 1_000_000, 500, b, None)]["p50_over_floor"]) for b in bs
+          if b >= 16 and ("grank_mips", 1_000_000, 500, b, None) in at]
+    if fl:
+        ok = all(v <= 2 for _, v in fl)
+        out.append(f"- **Within 2x of the floor** at N = 1M, k = 500, batch >= 16: "
+                   + ", ".join(f"batch {b} {v:.1f}x" for b, v in fl) + (" (met)." if ok else " (**not met**)."))
+    sp = []
+    for n in ns:
+        for k in ks:
+            for b in bs:
+                a, q = at.get(("grank_mips", n, k, b, None)), at.get(("grank_mips_int8", n, k, b, None))
+                if a and q and n >= 1_000_000:
+                    sp.append((n, k, b, a["p50_ms"] / q["p50_ms"], q["recall"]))
+    if sp:
+        out.append("- **int8 table + exact re-score** (`grank_mips_int8`) vs fp32 module, N >= 1M: speed-up "
+                   f"{min(x[3] for x in sp):.2f}x to {max(x[3] for x in sp):.2f}x (p50), recall@k >= "
+                   f"{min(x[4] for x in sp):.4f}; by batch: " + ", ".join(
+                       f"b={b} {sum(x[3] for x in sp if x[2] == b) / sum(1 for x in sp if x[2] == b):.2f}x"
+                       for b in bs if any(x[2] == b for x in sp)) + " (mean over N, k).")
+    for n in [n for n in ns if n >= 1_000_000]:
+        for k in ks:
+            g = {b: at.get(("grank_mips", n, k, b, None)) for b in bs}
+            for m in INDEX_CPU:
+                pts = {b: at.get((m, n, k, b, 0.99)) for b in bs}
+                if not any(pts.values()):
+                    out.append(f"- {m} at N = {n:,}, k = {k}: recall 0.99 not reached on its grid.")
+                    continue
+                ratio = ", ".join(f"b={b} {pts[b]['qps'] / g[b]['qps']:.1f}x" for b in bs if pts[b] and g[b])
+                r0 = next(v for v in pts.values() if v)
+                out.append(f"- {m} at recall {r0['recall']:.3f} (N = {n:,}, k = {k}): QPS vs grank_mips {ratio}; "
+                           f"build {r0['build_s']:.0f} s, {r0['memory_mb']:,.0f} MB.")
+    for f in fresh:
+        if f["method"] == "grank_mips" and f["N"] == max(ns):
+            out.append(f"- Freshness at N = {f['N']:,}: the index-free module ships a changed catalogue as a new "
+                       f"model version, {f['new_version_s']:.1f} s to export and load; "
+                       + ", ".join(f"{x['method']} add-one {x['add_one_s'] * 1e3:.1f} ms / rebuild {x['rebuild_s']:.0f} s"
+                                   for x in fresh if x["N"] == f["N"] and "add_one_s" in x) + ".")
+    return out
+
+
 def gpu_markdown(perf: dict, docs: Path) -> list[str]:
     lines = []
     for device, g in perf.get("gpus", {}).items():
@@ -163,7 +231,7 @@ def markdown(perf: dict, docs: Path) -> str:
     if not cpu:
         return "\n".join(["# Performance", "",
                           "CPU MIPS benchmark: not run yet (`make bench`; `make bench-quick` for a smoke run)."]
-                         + gpu_markdown(perf, docs)) + "\n"
+                         + gpu_markdown(perf, docs) + ensemble_markdown(perf, docs)) + "\n"
     rows = [r for r in perf["rows"] if not r.get("device")]
     m = perf["machine"]
     lines = ["# Performance", "",
@@ -182,6 +250,8 @@ def markdown(perf: dict, docs: Path) -> str:
         lines.append(f"| {name} | {g['item_norm_mean']:.3f} | {g['score_mean']:.3f} | {g['score_std']:.3f} | "
                      f"{g['top1_score_mean']:.3f} | {g['top500_score_mean']:.3f} |")
     mips = [r for r in rows if r["stage"] == "mips"]
+    fresh = [r for r in rows if r["stage"] == "mips_freshness"]
+    lines += ["", "### Reading the rows (computed from them)", ""] + cpu_reading(mips, fresh)
     for n in sorted({r["N"] for r in mips}):
         for k in sorted({r["k"] for r in mips if r["N"] == n}):
             lines += ["", f"### N = {n:,}, k = {k}", "",
@@ -192,7 +262,6 @@ def markdown(perf: dict, docs: Path) -> str:
                              f"{', '.join(f'{a}={b}' for a, b in r['params'].items())} | {r['batch']} | "
                              f"{r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall']:.3f} | "
                              f"{r['p50_over_floor']:.1f} | {r['build_s']} | {r['memory_mb']} |")
-    fresh = [r for r in rows if r["stage"] == "mips_freshness"]
     if fresh:
         lines += ["", "### Freshness: until a new or changed item is retrievable", "",
                   "| method | N | add one item (s) | full rebuild (s) | new model version (s) |", "|---|---|---|---|---|"]
@@ -202,4 +271,5 @@ def markdown(perf: dict, docs: Path) -> str:
     for png in _plots(rows, docs):
         lines += ["", f"![{png}]({png})"]
     lines += gpu_markdown(perf, docs)
+    lines += ensemble_markdown(perf, docs)
     return "\n".join(lines) + "\n"

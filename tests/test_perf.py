@@ -27,3 +27,90 @@ def test_short_concurrency_sweep(triton_server, ml100k, tmp_path):
     assert (tmp_path / "command.txt").read_text().startswith(res["command"].split()[0])
     log = (tmp_path / "perf_analyzer.log").read_text()
     assert "Composing models" in log and "grank_ranker" in log  # per-model breakdown
+
+
+LOG = """Request concurrency: 2
+  Client: 
+    Throughput: 93.1 infer/sec
+  Composing models: 
+  grank_mips, version: 1
+      Inference count: 1000
+      Execution count: 400
+      Successful request count: 1000
+      Avg request latency: 1369 usec (overhead 6 usec + queue 197 usec + compute input 36 usec + compute infer 978 usec + compute output 152 usec)
+
+  grank_ranker, version: 1
+      Inference count: 1000
+      Execution count: 1000
+      Avg request latency: 6128 usec (overhead 8 usec + queue 207 usec + compute input 40 usec + compute infer 4721 usec + compute output 1152 usec)
+
+Request concurrency: 4
+  Composing models: 
+  grank_mips, version: 1
+      Inference count: 10
+      Execution count: 5
+      Avg request latency: 1 usec (overhead 0 usec + queue 2000 usec + compute input 1 usec + compute infer 3000 usec + compute output 1 usec)
+"""
+
+
+def test_breakdown_parsed_per_load_and_model():
+    from perf.tune import parse_breakdown
+    b = parse_breakdown(LOG)
+    assert sorted(b) == [2.0, 4.0]
+    assert b[2.0]["grank_mips"] == {"avg_batch": 2.5, "queue_ms": 0.197, "compute_infer_ms": 0.978,
+                                    "compute_input_ms": 0.036, "compute_output_ms": 0.152}
+    assert b[2.0]["grank_ranker"]["compute_infer_ms"] == 4.721 and b[4.0]["grank_mips"]["queue_ms"] == 2.0
+
+
+def test_serving_settings_reach_the_configs_and_bad_ones_are_refused(tiny_repository, tiny_cfg, tmp_path):
+    import pytest
+
+    from export.repository import Serving
+    from perf.tune import variant_repository
+    r = variant_repository(tiny_repository, tmp_path / "repo", tiny_cfg,
+                           Serving(max_queue_delay_us=0, instances=2, intra_op_threads=1))
+    text = (r / "grank_ranker" / "config.pbtxt").read_text()
+    assert "max_queue_delay_microseconds: 0" in text and "count: 2" in text
+    assert 'key: "intra_op_thread_count"' in text and 'string_value: "1"' in text
+    assert "instance_group" not in (r / "grank_validate" / "config.pbtxt").read_text()
+    assert (r / "grank_ranker" / "1" / "model.onnx").exists()
+    with pytest.raises(ValueError, match="serving.instances"):
+        Serving(instances=-1)
+
+
+def test_tune_serves_a_variant_and_records_rows(tiny_repository, tiny_cfg, ml100k, tmp_path):
+    """A real server on the variant repository, a real perf_analyzer sweep, rows merged and
+    rendered: the path `python -m perf tune` takes."""
+    from export.repository import Serving
+    from perf.ensemble_report import ensemble_markdown
+    from perf.tune import merge, run_variant, variant_repository
+    r = variant_repository(tiny_repository, tmp_path / "repo", tiny_cfg, Serving(instances=2, intra_op_threads=1))
+    rows = run_variant("inst2", r, "grpc", tmp_path / "run", ml100k, ml100k.n_items, concurrency="1:2:1",
+                       interval_ms=1000, stability=100)
+    assert [x["load"] for x in rows] == [1, 2]
+    for x in rows:
+        assert x["stage"] == "ensemble" and x["qps"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"]
+        assert set(x["models"]) == {"grank_validate", "grank_user_encoder", "grank_mips", "grank_ranker"}
+        assert x["command"].startswith("perf_analyzer -m grank") and str(tmp_path) not in x["command"]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    merge(rows, docs)
+    perf = json.loads((docs / "performance.json").read_text())
+    merge(rows[:1], docs)  # a rerun of the same variant replaces its rows
+    assert len(json.loads((docs / "performance.json").read_text())["rows"]) == 1
+    md = "\n".join(ensemble_markdown(perf, docs))
+    assert "| inst2 | grpc |" in md and (docs / "ensemble_tuning.png").stat().st_size > 0
+
+
+def test_big_catalogue_graphs_keep_real_ids_and_pass_parity(tiny_trained, ml100k, tmp_path):
+    import onnx
+
+    from grank.signatures import MIPS, RANKER
+    from perf.tune import big_catalogue_models
+    _, cfg, out, _ = tiny_trained
+    n = ml100k.n_items + 3000
+    paths = big_catalogue_models(out / "best.pt", n, tmp_path)  # raises unless parity holds
+    for name in (MIPS, RANKER):
+        m = onnx.load(str(paths[name]))
+        table = [i for i in m.graph.initializer if list(i.dims) == [n + 1, cfg.model.d_model]]
+        assert table, f"{name}: no [{n + 1}, d] item table"

@@ -1,0 +1,184 @@
+"""Capacity planner: measured throughput and latency -> how many machines or GPUs a target needs.
+
+    python -m perf plan --qps 2000 --p99-ms 50 --items 1000000 [--k 500] [--recall 0.99]
+
+Reads ``docs/performance.json`` (MIPS rows from ``python -m perf bench`` and ``perf.gpu_mips``,
+ensemble rows from ``python -m perf tune``) and any perf_analyzer CSVs given with ``--csv``.
+Only measured points are used; nothing is modelled beyond the rules below, and every rule is
+printed with the answer:
+
+- a unit is what one measurement ran on: the whole benchmark machine for CPU rows (every method
+  used all its cores), one GPU for GPU rows, one Triton server for ensemble rows;
+- MIPS with dynamic batching at batch b: a request waits for the batch to fill
+  (b / the unit's arrival rate) and then for the batch (its measured p99), so b is usable when
+  fill + p99 <= the budget; an ensemble row's p99 already includes its queueing;
+- each unit is loaded to ``headroom`` (default 0.8) of its measured throughput;
+- catalogue sizes between measured ones are interpolated linearly in N (a brute-force scan costs
+  O(N)); beyond the largest, exact brute-force methods are extrapolated linearly (flagged), index
+  methods and ensembles are not (their cost is not linear in N);
+- index methods count only at a measured recall >= ``--recall``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+LINEAR = ("grank_mips", "grank_mips_int8", "torch_topk", "faiss_flat")  # O(N) scans: may extrapolate
+
+
+@dataclass
+class Option:
+    stage: str          # mips | ensemble
+    method: str         # MIPS method or ensemble configuration
+    unit: str           # what one unit is (machine / GPU / server)
+    setting: str        # batch b / concurrency c / request rate
+    n_measured: str     # measured catalogue size(s) the estimate comes from
+    unit_qps: float     # throughput one unit sustains within the budget (before headroom)
+    p99_ms: float       # estimated p99 of a request at that setting, batching wait included
+    recall: float | None
+    units: int          # units needed for the target
+    note: str = ""
+
+
+def _at_n(rows: list[dict], n: int, method: str) -> tuple[dict, str, str] | None:
+    """Interpolate qps and p99 at catalogue size n from rows of one (method, k, batch, target):
+    (row-like dict, measured sizes used, note) or None when n lies outside what may be used."""
+    by_n = sorted(rows, key=lambda r: r["N"])
+    sizes = [r["N"] for r in by_n]
+    if n in sizes:
+        r = by_n[sizes.index(n)]
+        return r, f"{n:,}", ""
+    lo = [r for r in by_n if r["N"] < n]
+    hi = [r for r in by_n if r["N"] > n]
+    if lo and hi:
+        a, b = lo[-1], hi[0]
+        w = (n - a["N"]) / (b["N"] - a["N"])
+        t = (1 - w) / a["qps"] + w / b["qps"]           # time per query is what is linear in N
+        p = (1 - w) * a["p99_ms"] + w * b["p99_ms"]
+        return {**b, "qps": 1 / t, "p99_ms": p}, f"{a['N']:,} and {b['N']:,}", "interpolated"
+    if hi and method in LINEAR:                          # smaller than measured: scale down
+        b = hi[0]
+        f = n / b["N"]
+        return {**b, "qps": b["qps"] / f, "p99_ms": b["p99_ms"] * f}, f"{b['N']:,}", "scaled down linearly"
+    if hi:                                               # an index sized for more items: conservative
+        return hi[0], f"{hi[0]['N']:,}", "measured at a larger N (conservative)"
+    if lo and method in LINEAR:
+        a = lo[-1]
+        f = n / a["N"]
+        return {**a, "qps": a["qps"] / f, "p99_ms": a["p99_ms"] * f}, f"{a['N']:,}", \
+            f"EXTRAPOLATED x{f:.1f} beyond the largest measured N"
+    return None
+
+
+def mips_options(rows: list[dict], qps: float, budget_ms: float, n: int, k: int,
+                 recall_min: float, headroom: float) -> list[Option]:
+    """Best batch per (method, device) for the MIPS stage alone."""
+    out = []
+    mips = [r for r in rows if r.get("stage") == "mips" and r.get("k") == k]
+    groups: dict[tuple, list[dict]] = {}
+    for r in mips:
+        if r.get("recall") is not None and r["recall"] < recall_min:
+            continue
+        groups.setdefault((r["method"], r.get("device"), r["batch"], r.get("recall_target")), []).append(r)
+    best: dict[tuple, Option] = {}
+    for (method, device, b, _), grp in groups.items():
+        got = _at_n(grp, n, method)
+        if got is None:
+            continue
+        r, measured, note = got
+        rate = r["qps"] * headroom                  # arrival rate one unit is planned for
+        fill_ms = 0.0 if b == 1 else 1e3 * (b - 1) / rate
+        lat = fill_ms + r["p99_ms"]
+        if lat > budget_ms:
+            continue
+        unit = f"GPU ({device})" if device else "machine like the benchmark's (all cores)"
+        o = Option("mips", method, unit, f"batch {b}", measured, r["qps"], lat, r.get("recall"),
+                   math.ceil(qps / rate), note)
+        key = (method, device)
+        if key not in best or o.units < best[key].units or (o.units == best[key].units and lat < best[key].p99_ms):
+            best[key] = o
+    out += best.values()
+    return sorted(out, key=lambda o: (o.units, o.p99_ms))
+
+
+def ensemble_options(rows: list[dict], qps: float, budget_ms: float, n: int,
+                     headroom: float) -> list[Option]:
+    """Best measured load per ensemble configuration whose p99 fits the budget."""
+    best: dict[str, Option] = {}
+    for r in rows:
+        if r.get("stage") != "ensemble" or r["p99_ms"] > budget_ms:
+            continue
+        if r.get("N") is not None and r["N"] < n:
+            continue                                 # measured on a smaller catalogue: not valid
+        load = f"{r.get('load_kind', 'concurrency')} {r.get('load', r.get('concurrency'))}"
+        o = Option("ensemble", f"{r['method']} ({r.get('protocol', 'grpc')})", "Triton server like the measured one",
+                   load, f"{r['N']:,}" if r.get("N") else "?", r["qps"], r["p99_ms"], None,
+                   math.ceil(qps / (r["qps"] * headroom)),
+                   "" if r.get("N") in (None, n) else "measured at a larger N (conservative)")
+        key = o.method
+        if key not in best or o.unit_qps > best[key].unit_qps:
+            best[key] = o
+    return sorted(best.values(), key=lambda o: (o.units, o.p99_ms))
+
+
+def csv_rows(paths: list[str], n_items: int | None, name: str = "csv") -> list[dict]:
+    """perf_analyzer CSVs (``perf.sweep.read_csv``) as ensemble rows."""
+    from .sweep import read_csv
+    out = []
+    for p in paths:
+        for r in read_csv(Path(p)):
+            out.append({**r, "stage": "ensemble", "method": f"{name}:{Path(p).parent.name}", "N": n_items})
+    return out
+
+
+def plan(perf: dict, qps: float, budget_ms: float, n: int, k: int = 500, recall_min: float = 0.99,
+         headroom: float = 0.8, extra_rows: list[dict] | None = None) -> dict:
+    if qps <= 0 or budget_ms <= 0 or n <= 0:
+        raise ValueError(f"--qps, --p99-ms and --items must be > 0, got {qps}, {budget_ms}, {n}")
+    if not 0 < headroom <= 1:
+        raise ValueError(f"--headroom: must be in (0, 1], got {headroom}")
+    rows = list(perf.get("rows", [])) + list(extra_rows or [])
+    ks = sorted({r["k"] for r in rows if r.get("stage") == "mips"})
+    if ks and k not in ks:
+        raise ValueError(f"--k: no MIPS rows measured at k={k}; measured: {ks}")
+    return {"mips": mips_options(rows, qps, budget_ms, n, k, recall_min, headroom),
+            "ensemble": ensemble_options(rows, qps, budget_ms, n, headroom),
+            "inputs": {"qps": qps, "p99_ms": budget_ms, "items": n, "k": k, "recall": recall_min,
+                       "headroom": headroom}}
+
+
+def format_plan(p: dict, perf: dict) -> str:
+    i = p["inputs"]
+    m = perf.get("machine", {})
+    lines = [f"Target: {i['qps']:,.0f} queries/s, p99 <= {i['p99_ms']:g} ms, {i['items']:,} items, k1 = {i['k']}, "
+             f"index recall >= {i['recall']}", ""]
+    for stage, title in (("mips", "MIPS stage alone (perf bench / gpu_mips rows)"),
+                         ("ensemble", "Whole ensemble (perf_analyzer rows)")):
+        lines.append(title)
+        if not p[stage]:
+            lines.append("  nothing measured fits: no row meets the budget at this catalogue size "
+                         "(run `python -m perf bench` / `python -m perf tune`, or relax the target)")
+        for o in p[stage]:
+            rec = "" if o.recall is None else f", recall {o.recall:.3f}"
+            lines.append(f"  {o.units:>5} x {o.unit}: {o.method}, {o.setting}, {o.unit_qps:,.0f}/s per unit "
+                         f"(N {o.n_measured}{', ' + o.note if o.note else ''}), p99 ~{o.p99_ms:.1f} ms{rec}")
+        lines.append("")
+    lines += ["Assumptions:",
+              f"- each unit is loaded to {i['headroom']:.0%} of its measured throughput;",
+              "- MIPS at batch b waits for the batch to fill (b-1 arrivals at that rate) plus the batch's p99;",
+              "- between measured catalogue sizes, time per query is interpolated linearly in N; exact scans "
+              "may be scaled linearly beyond them (flagged), index methods and ensembles never;",
+              f"- CPU unit = the benchmark machine ({m.get('cpu', '?')}, {m.get('cores', '?')} threads, "
+              f"{m.get('read_bandwidth_gbs', '?')} GB/s read, {m.get('gemm_gflops', '?')} GFLOP/s): "
+              "scale by your machine's measured rates, not its core count;",
+              "- the MIPS stage is only one of the ensemble's steps: plan a deployment from the ensemble rows, "
+              "and use the MIPS rows for how the catalogue size moves the cost."]
+    return "\n".join(lines)
+
+
+def load_perf(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"--perf: {path} not found (run `make bench` / `make perf-tune` first)")
+    return json.loads(path.read_text())

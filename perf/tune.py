@@ -1,0 +1,160 @@
+"""python -m perf tune: the served ensemble under perf_analyzer, one change at a time.
+
+For each variant (serving settings of ``export.repository.Serving``, or a larger catalogue), a
+copy of the built repository with regenerated config.pbtxt files is served by the embedded Triton
+on free ports and swept with perf_analyzer on real users' inputs (``perf.sweep``). Each run keeps
+its directory (command.txt, perf.csv, perf_analyzer.log, perf.png); the rows (stage
+``ensemble``, with the exact command and the per-composing-model breakdown parsed from the log)
+are merged into docs/performance.json, which ``perf.mips_report`` turns into PERFORMANCE.md.
+
+    python -m perf tune --checkpoint artifacts/default/grank/best.pt --variants default delay0 ...
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from export.repository import Serving, write_configs
+from grank.signatures import MIPS, RANKER
+
+# one change at a time against the committed default (Serving())
+VARIANTS = {
+    "default": Serving(),
+    "delay0": Serving(max_queue_delay_us=0),
+    "delay1ms": Serving(max_queue_delay_us=1000),
+    "delay4ms": Serving(max_queue_delay_us=4000),
+    "threads1": Serving(intra_op_threads=1),
+    "inst2_threads1": Serving(instances=2, intra_op_threads=1),
+}
+
+
+def parse_breakdown(log: str) -> dict[float, dict[str, dict]]:
+    """perf_analyzer's console output -> {load: {composing model: {avg_batch, queue_ms,
+    infer_ms, input_ms, output_ms}}} (averages per request, as perf_analyzer prints them)."""
+    out: dict[float, dict[str, dict]] = {}
+    blocks = re.split(r"^(?:Request concurrency|Request Rate): ", log, flags=re.M)[1:]
+    for b in blocks:
+        load = float(b.split()[0])
+        models = {}
+        for m in re.finditer(r"^  (\w+), version: \S+\n(.*?)(?=^\s*$|\Z)", b.split("Composing models:")[-1],
+                             flags=re.M | re.S):
+            body = m.group(2)
+            num = lambda pat: float(re.search(pat, body).group(1)) if re.search(pat, body) else float("nan")  # noqa: E731
+            inf, ex = num(r"Inference count: (\d+)"), num(r"Execution count: (\d+)")
+            models[m.group(1)] = {"avg_batch": round(inf / ex, 2) if ex else None,
+                                  **{f"{k}_ms": round(num(rf"{k.replace('_', ' ')} (\d+) usec") / 1e3, 3)
+                                     for k in ("queue", "compute_infer", "compute_input", "compute_output")}}
+        out[load] = models
+    return out
+
+
+def variant_repository(src: Path, dst: Path, cfg, serving: Serving, models: dict | None = None) -> Path:
+    """Copy the built repository ``src`` to ``dst`` with configs regenerated for ``serving``;
+    ``models``: model name -> an .onnx file to put in place of that model's version 1."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    write_configs(cfg, dst, serving)
+    for name, onnx_path in (models or {}).items():
+        vdir = dst / name / "1"
+        for f in vdir.glob("model.onnx*"):
+            f.unlink()
+        shutil.copyfile(onnx_path, vdir / "model.onnx")
+        data = Path(str(onnx_path) + ".data")
+        if data.exists():
+            shutil.copyfile(data, vdir / data.name)
+    return dst
+
+
+def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0) -> dict:
+    """The trained model with its catalogue padded to ``n_items`` by items drawn from a mixture
+    fitted to its own item vectors (``perf.geometry``): the real items keep their ids (so real
+    histories stay valid; the user encoder is unchanged) and the MIPS and Ranker graphs get the
+    large table. Checked against PyTorch with the export's own parity check. Returns
+    {model name: onnx path}."""
+    import torch
+
+    from export.onnx_models import MipsTopK, RankerTopK, UserEncoder, export_one
+    from export.parity import check_onnx, pipeline_arrays, real_inputs
+    from grank.data import load
+    from grank.signatures import USER_ENCODER, signatures
+    from grank.train import load_checkpoint
+
+    from .geometry import fit_mixture, sample
+    model, cfg, _ = load_checkpoint(checkpoint)
+    real = model.item_vectors().detach()
+    if n_items <= len(real) - 1:
+        raise ValueError(f"--items: must exceed the real catalogue ({len(real) - 1}), got {n_items}")
+    extra = sample(fit_mixture(real[1:].numpy(), k=32), n_items - (len(real) - 1), seed=seed)
+    table = torch.cat([real, torch.from_numpy(extra)])
+    ranker = RankerTopK(model, cfg.eval.k2).eval()
+    ranker.item_vectors = table  # the buffer the Ranker gathers candidates from
+    graphs = {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau).eval(),
+              RANKER: ranker}
+    arrays = pipeline_arrays(graphs, real_inputs(load(cfg.dataset), cfg, 16, seed))
+    sigs = signatures(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: export_one(graphs[name], sigs[name], arrays, out / f"{name}.onnx") for name in (MIPS, RANKER)}
+    bad = {k: v for k, v in check_onnx(paths, cfg, arrays).items() if v}
+    if bad:
+        raise RuntimeError(f"{n_items:,}-item graphs disagree with PyTorch: {bad}")
+    return paths
+
+
+def portable(cmd: str) -> str:
+    """A recorded command without this machine's directories (run from the repository root)."""
+    root = str(Path.cwd()) + "/"
+    return " ".join("perf_analyzer" if w.endswith("/perf_analyzer") else w.replace(root, "") for w in cmd.split())
+
+
+def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_items: int,
+                concurrency: str | None = "1:9:2", request_rate: str | None = None,
+                interval_ms: int = 3000, stability: int = 25, log=print) -> list[dict]:
+    """Serve ``repo``, sweep it, stop the server. Rows of stage ``ensemble``."""
+    from client.grank_client import GRankClient
+    from serve.server import TritonServer
+
+    from .sweep import sweep
+    rows = []
+    with TritonServer(repo, work_dir=out / "triton") as s:
+        client = GRankClient(s.grpc_url if protocol == "grpc" else s.http_url, protocol, data=client_data)
+        t = time.time()
+        res = sweep(client, s.grpc_url if protocol == "grpc" else s.http_url, protocol, out,
+                    concurrency=None if request_rate else concurrency, request_rate=request_rate,
+                    interval_ms=interval_ms, stability=stability)
+        log(f"  {name} {protocol}: {len(res['rows'])} points in {time.time() - t:.0f} s")
+    breakdown = parse_breakdown((out / "perf_analyzer.log").read_text())
+    for r in res["rows"]:
+        rows.append({"stage": "ensemble", "method": name, "protocol": protocol, "N": n_items,
+                     "load_kind": r["load_kind"], "load": r["load"], "qps": round(r["qps"], 1),
+                     **{p: round(r[p], 2) for p in ("p50_ms", "p95_ms", "p99_ms")},
+                     "models": breakdown.get(r["load"], {}), "command": portable(res["command"])})
+    return rows
+
+
+def merge(rows: list[dict], docs: Path) -> Path:
+    """Replace the ensemble rows of the same (method, protocol, load kind) in performance.json."""
+    p = docs / "performance.json"
+    old = json.loads(p.read_text()) if p.exists() else {"rows": []}
+    keys = {(r["method"], r["protocol"], r["load_kind"]) for r in rows}
+    keep = [r for r in old.get("rows", []) if r.get("stage") != "ensemble"
+            or (r["method"], r["protocol"], r["load_kind"]) not in keys]
+    old["rows"] = keep + rows
+    p.write_text(json.dumps(old, indent=1))
+    return p
+
+
+def summarise(rows: list[dict], budget_ms: float) -> list[dict]:
+    """Per (method, protocol, load kind): the best throughput with p99 within ``budget_ms``."""
+    out = {}
+    for r in rows:
+        key = (r["method"], r["protocol"], r["load_kind"])
+        ok = r["p99_ms"] <= budget_ms
+        cur = out.get(key)
+        if cur is None or (ok and (not cur["ok"] or r["qps"] > cur["qps"])):
+            out[key] = {**r, "ok": ok}
+    return sorted(out.values(), key=lambda r: -r["qps"] * r["ok"])
+
