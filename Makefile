@@ -20,7 +20,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 CONCURRENCY ?= 1:4:1
-RATES ?= 20:120:20
+RATES ?= 50:300:50
 QPS ?= 1000
 P99_MS ?= 50
 ITEMS ?= 1000000
@@ -108,10 +108,10 @@ selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 
 perf: setup ## perf_analyzer concurrency sweep (CONCURRENCY) against a running server; CSV + plot in $(ARTIFACTS)/perf
 	$(PY) -m perf sweep --url localhost:$(GRPC_PORT) --concurrency $(CONCURRENCY) --out $(ARTIFACTS)/perf
 
-perf-tune: setup ## Serve each serving variant on its own Triton, sweep it (perf_analyzer), 1M-item catalogue, open loop -> docs/ (needs `make repository`; ~30 min)
-	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) \
-	  --variants default delay0 delay1ms delay4ms threads1 inst2_threads1
-	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --protocols http
+perf-tune: setup ## Serve each serving variant on its own Triton and sweep it with perf_analyzer; HTTP, open loop, 1M items -> docs/ (needs `make repository`; ~25 min)
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants all_threads \
+	  all_threads_delay0 all_threads_delay1ms all_threads_delay4ms threads1 inst2_threads1 threads1_delay0 threads1_delay1ms
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --protocols grpc http
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --request-rate $(RATES)
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --items 1000000
 

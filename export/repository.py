@@ -44,7 +44,10 @@ class Serving:
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US  # dynamic batching: longest wait to fill a batch
     instances: int = 0          # instance_group count (kind left to Triton: per GPU, else CPU);
                                 # 0 = no instance_group, Triton's default of one
-    intra_op_threads: int = 0   # ONNX Runtime intra-op threads per instance; 0 = all cores
+    # ONNX Runtime intra-op threads per instance (0 = one per core). 1 is the measured choice:
+    # four models each spinning a pool over every core oversubscribe a small CPU; one thread each
+    # doubled the ensemble's throughput on the 2-core machine (docs/PERFORMANCE.md, `make perf-tune`)
+    intra_op_threads: int = 1
 
     def __post_init__(self):
         for f in ("max_queue_delay_us", "instances", "intra_op_threads"):

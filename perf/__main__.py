@@ -32,6 +32,12 @@ def main(argv=None) -> int:
     p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
     p.add_argument("--partial", default="artifacts/bench-partial.json",
                    help="rows so far, rewritten after every method (kept if the run dies)")
+    p.add_argument("--sizes", type=int, nargs="*", help="catalogue sizes instead of the plan's (0 = the real one)")
+    p.add_argument("--ks", type=int, nargs="*", help="k values instead of the plan's")
+    p.add_argument("--methods", nargs="*", help="only these methods (default: all)")
+    p.add_argument("--import-partial", metavar="FILE",
+                   help="write the rows of a stopped run's partial file to --docs instead of measuring")
+    p.add_argument("--note", default="", help="a line about this run for the report")
     p = sub.add_parser("plan", help="capacity planner: machines / GPUs / servers for a target QPS and p99")
     p.add_argument("--qps", type=float, required=True, help="target queries (users) per second")
     p.add_argument("--p99-ms", type=float, required=True, help="p99 latency budget in ms")
@@ -160,15 +166,24 @@ def _plan(a) -> int:
 
 
 def _bench(a, argv) -> int:
+    import json
     import shlex
 
-    from .mips_bench import run, write
+    from .mips_bench import from_partial, run, write
     from .mips_report import markdown
     docs = Path(a.docs)
-    res = run(a.checkpoint, quick=a.quick, seconds=a.seconds, partial=Path(a.partial))
     cmd = "python -m perf " + shlex.join(argv if argv is not None else sys.argv[1:])
-    p = write(res, docs, cmd)
-    import json
+    try:
+        if a.import_partial:
+            res = from_partial(a.checkpoint, Path(a.import_partial))
+            cmd = res["command"]  # the run that measured the rows, not this import
+        else:
+            res = run(a.checkpoint, quick=a.quick, seconds=a.seconds, partial=Path(a.partial),
+                      sizes=a.sizes, ks=a.ks, methods=a.methods, command=cmd)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    p = write(res, docs, cmd, a.note)
     (docs / "PERFORMANCE.md").write_text(markdown(json.loads(p.read_text()), docs))
     print(f"wrote {p} and {docs / 'PERFORMANCE.md'} ({res['seconds']:.0f} s)")
     return 0

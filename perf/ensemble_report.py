@@ -36,7 +36,8 @@ def _plot(groups: dict, docs: Path) -> str:
 
 
 def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
-    rows = [r for r in perf.get("rows", []) if r.get("stage") == "ensemble"]
+    need = ("method", "protocol", "N", "load", "load_kind", "qps", "p50_ms", "p95_ms", "p99_ms", "command")
+    rows = [r for r in perf.get("rows", []) if r.get("stage") == "ensemble" and all(k in r for k in need)]
     if not rows:
         return ["", "## The ensemble as served", "",
                 "Not measured yet: run `make perf-tune` (serves each variant on the embedded Triton and "

@@ -29,16 +29,33 @@ def exact_ids(items, queries, k, chunk=256):
     return np.concatenate([m.search(queries[s:s + chunk]) for s in range(0, len(queries), chunk)])
 
 
-def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: int = 300,
-        log=print, partial: Path | None = None) -> dict:
-    """``partial``: a JSON file rewritten with the rows so far after every method, so that a
-    run of an hour or more that dies at 5M keeps what it measured."""
-    plan = QUICK if quick else FULL
-    t_run = time.time()
+def setting(checkpoint) -> tuple:
+    """(item vectors, user vectors, mixture, geometry report) of a trained checkpoint:
+    deterministic, so a run and a later import of its partial rows describe the same catalogues."""
     items_real, users = trained_vectors(checkpoint)
     users = np.ascontiguousarray(users)
     mix = fit_mixture(items_real, k=32)
-    geo = geometry_report(items_real, users, mix)
+    return items_real, users, mix, geometry_report(items_real, users, mix)
+
+
+METHODS = {M.name: M for M in EXACT + REDUCED + INDEXED}
+
+
+def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: int = 300,
+        log=print, partial: Path | None = None, sizes=None, ks=None, methods=None,
+        command: str = "") -> dict:
+    """``partial``: a JSON file rewritten with the rows so far after every method, so that a
+    run of an hour or more that dies at 5M keeps what it measured. ``sizes`` / ``ks`` /
+    ``methods`` narrow the plan (0 in sizes = the real catalogue)."""
+    plan = dict(QUICK if quick else FULL)
+    plan.update({k: tuple(v) for k, v in (("sizes", sizes), ("ks", ks)) if v})
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    # in the order given: a long run can put its slowest build last and keep the rest if stopped
+    chosen = [METHODS[m] for m in methods] if methods else list(EXACT + REDUCED + INDEXED)
+    t_run = time.time()
+    items_real, users, mix, geo = setting(checkpoint)
     bw, gf = F.read_bandwidth_gbs(), F.gemm_gflops()
     log(f"machine: read bandwidth {bw:.1f} GB/s, fp32 GEMM {gf:.0f} GFLOP/s")
     rows = []
@@ -105,22 +122,50 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
             del m
             if partial is not None:
                 partial.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps({"bw_gbs": bw, "gemm_gflops": gf, "rows": rows}))
+                partial.write_text(json.dumps({"bw_gbs": bw, "gemm_gflops": gf, "date": date.today().isoformat(),
+                                               "command": command, "rows": rows}))
+    return result(rows, bw, gf, geo, mix, date.today().isoformat(), time.time() - t_run, quick)
+
+
+def result(rows: list[dict], bw: float, gf: float, geo: dict, mix: dict, day: str, seconds: float,
+           quick: bool = False) -> dict:
     return {"machine": {"cpu": platform.processor() or platform.machine(), "cores": F.torch.get_num_threads(),
                         "read_bandwidth_gbs": round(bw, 1), "gemm_gflops": round(gf, 1)},
-            "date": date.today().isoformat(), "quick": quick, "geometry": geo,
+            "date": day, "quick": quick, "geometry": geo,
             "mixture": {"components": mix["k"], "shrink": mix["shrink"]},
-            "seconds": round(time.time() - t_run, 1), "rows": rows}
+            "seconds": round(seconds, 1), "rows": rows}
 
 
-def write(res: dict, docs: Path, command: str) -> Path:
-    """Merge the MIPS rows into docs/performance.json (other stages are kept)."""
+def from_partial(checkpoint, partial: Path) -> dict:
+    """The result of a run that was stopped, from its partial file (rows of every method it
+    finished, the rates and command of that run) and the checkpoint's deterministic geometry."""
+    p = json.loads(Path(partial).read_text())
+    _, _, mix, geo = setting(checkpoint)
+    res = result(p["rows"], p["bw_gbs"], p["gemm_gflops"], geo, mix, p.get("date", date.today().isoformat()),
+                 float("nan"))
+    res["command"] = p.get("command", "python -m perf bench")
+    return res
+
+
+def write(res: dict, docs: Path, command: str, note: str = "") -> Path:
+    """Merge the MIPS rows into docs/performance.json: rows of the (method, N) pairs this run
+    measured replace the old ones; other stages, other catalogue sizes and GPU rows (tagged
+    with their device, from another machine) are kept. Each run is listed under ``mips_runs``
+    with its command, date and the machine rates it measured."""
     docs.mkdir(parents=True, exist_ok=True)
     p = docs / "performance.json"
     old = json.loads(p.read_text()) if p.exists() else {"rows": []}
-    # GPU rows (``perf.gpu_mips``, tagged with their device) come from another machine: kept
-    keep = [r for r in old.get("rows", []) if not r["stage"].startswith("mips") or r.get("device")]
+    measured = {(r["method"], r["N"]) for r in res["rows"]}
+    keep = [r for r in old.get("rows", []) if not r["stage"].startswith("mips") or r.get("device")
+            or (r["method"], r["N"]) not in measured]
+    sizes = sorted({r["N"] for r in res["rows"]})
+    run_id = max((r.get("id", 0) for r in old.get("mips_runs", [])), default=-1) + 1
+    rows = keep + [{**r, "run": run_id} for r in res["rows"]]
+    # a run stays listed while any of its rows is kept
+    runs = [r for r in old.get("mips_runs", []) if any(x.get("run") == r.get("id") for x in keep)]
+    runs.append({"id": run_id, "command": command, "date": res["date"], "sizes": sizes, "note": note,
+                 "methods": sorted({r["method"] for r in res["rows"]}), **res["machine"]})
     out = {**old, "mips_command": command, "machine": res["machine"], "mips_date": res["date"],
-           "geometry": res["geometry"], "mixture": res["mixture"], "rows": keep + res["rows"]}
+           "geometry": res["geometry"], "mixture": res["mixture"], "mips_runs": runs, "rows": rows}
     p.write_text(json.dumps(out, indent=1))
     return p

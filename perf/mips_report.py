@@ -153,7 +153,7 @@ def cpu_reading(rows: list[dict], fresh: list[dict]) -> list[str]:
     if fl:
         ok = all(v <= 2 for _, v in fl)
         out.append(f"- **Within 2x of the floor** at N = 1M, k = 500, batch >= 16: "
-                   + ", ".join(f"batch {b} {v:.1f}x" for b, v in fl) + (" (met)." if ok else " (**not met**)."))
+                   + ", ".join(f"batch {b} {v:.2f}x" for b, v in fl) + (" (met)." if ok else " (**not met**)."))
     sp = []
     for n in ns:
         for k in ks:
@@ -237,8 +237,14 @@ def markdown(perf: dict, docs: Path) -> str:
     lines = ["# Performance", "",
              f"Machine: {m['cpu']}, {m['cores']} threads; measured read bandwidth "
              f"{m['read_bandwidth_gbs']} GB/s, fp32 GEMM {m['gemm_gflops']} GFLOP/s "
-             f"(best of 5, `perf/floor.py`). Date: {perf.get('mips_date')}. CPU only.", "",
-             f"Command: `{perf.get('mips_command')}`", "",
+             f"(best of 5, `perf/floor.py`). Date: {perf.get('mips_date')}. This section: CPU only; each row's floor "
+             "uses the rates measured by its own run.", "",
+             "Runs (each measures the machine's rates first):", ""]
+    for r in perf.get("mips_runs") or [{"command": perf.get("mips_command"), "date": perf.get("mips_date"),
+                                        "sizes": [], "note": "", **m}]:
+        lines.append(f"- `{r['command']}` ({r['date']}; N = {', '.join(f'{n:,}' for n in r['sizes'])}; "
+                     f"{r['read_bandwidth_gbs']} GB/s, {r['gemm_gflops']} GFLOP/s)" + (f": {r['note']}" if r["note"] else ""))
+    lines += ["",
              "## MIPS stage", "",
              "Item vectors: the trained table (N = 3,706) or draws from a Gaussian mixture fitted to it "
              f"({perf['mixture']['components']} k-means components, covariances shrunk "
@@ -270,6 +276,13 @@ def markdown(perf: dict, docs: Path) -> str:
                          f"{r.get('new_version_s', '-')} |")
     for png in _plots(rows, docs):
         lines += ["", f"![{png}]({png})"]
+    gaps = [r for r in rows if r["stage"] in ("mips_unreached", "mips_skipped")]
+    if gaps:
+        lines += ["", "### Recall targets not reached, methods not run", ""]
+        for r in gaps:
+            lines.append(f"- {r['method']} N = {r['N']:,}" + (
+                f", k = {r['k']}: recall {r['recall_target']} not reached on its grid (best {r['best_recall']})"
+                if r["stage"] == "mips_unreached" else f": not run ({r['reason']})"))
     lines += gpu_markdown(perf, docs)
     lines += ensemble_markdown(perf, docs)
     return "\n".join(lines) + "\n"

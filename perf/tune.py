@@ -20,14 +20,20 @@ from pathlib import Path
 from export.repository import Serving, write_configs
 from grank.signatures import MIPS, RANKER
 
-# one change at a time against the committed default (Serving())
+# One change at a time. Round 1 against the first committed setting (ONNX Runtime's default
+# threads = every core, 100 us batching delay); round 2 against its winner, one intra-op thread
+# per instance. "default" is whatever Serving() says now (the committed configs).
+ALL_THREADS = dict(intra_op_threads=0, max_queue_delay_us=100)
 VARIANTS = {
     "default": Serving(),
-    "delay0": Serving(max_queue_delay_us=0),
-    "delay1ms": Serving(max_queue_delay_us=1000),
-    "delay4ms": Serving(max_queue_delay_us=4000),
-    "threads1": Serving(intra_op_threads=1),
-    "inst2_threads1": Serving(instances=2, intra_op_threads=1),
+    "all_threads": Serving(**ALL_THREADS),
+    "all_threads_delay0": Serving(**{**ALL_THREADS, "max_queue_delay_us": 0}),
+    "all_threads_delay1ms": Serving(**{**ALL_THREADS, "max_queue_delay_us": 1000}),
+    "all_threads_delay4ms": Serving(**{**ALL_THREADS, "max_queue_delay_us": 4000}),
+    "threads1": Serving(intra_op_threads=1, max_queue_delay_us=100),
+    "inst2_threads1": Serving(instances=2, intra_op_threads=1, max_queue_delay_us=100),
+    "threads1_delay0": Serving(intra_op_threads=1, max_queue_delay_us=0),
+    "threads1_delay1ms": Serving(intra_op_threads=1, max_queue_delay_us=1000),
 }
 
 
@@ -37,7 +43,9 @@ def parse_breakdown(log: str) -> dict[float, dict[str, dict]]:
     out: dict[float, dict[str, dict]] = {}
     blocks = re.split(r"^(?:Request concurrency|Request Rate): ", log, flags=re.M)[1:]
     for b in blocks:
-        load = float(b.split()[0])
+        if "Composing models:" not in b:
+            continue  # the closing summary ("Request Rate: 50.00, throughput: ...")
+        load = float(re.match(r"[\d.]+", b).group(0))
         models = {}
         for m in re.finditer(r"^  (\w+), version: \S+\n(.*?)(?=^\s*$|\Z)", b.split("Composing models:")[-1],
                              flags=re.M | re.S):
@@ -105,9 +113,15 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
 
 
 def portable(cmd: str) -> str:
-    """A recorded command without this machine's directories (run from the repository root)."""
+    """A recorded command without this machine's directories: paths under the working directory
+    become relative, other absolute paths (the venv's binary, temporary folders) their name."""
     root = str(Path.cwd()) + "/"
-    return " ".join("perf_analyzer" if w.endswith("/perf_analyzer") else w.replace(root, "") for w in cmd.split())
+
+    def one(w: str) -> str:
+        if w.startswith(root):
+            return w[len(root):]
+        return Path(w).name if w.startswith("/") else w
+    return " ".join(one(w) for w in cmd.split())
 
 
 def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_items: int,

@@ -82,3 +82,29 @@ def test_mixture_sample_memory_stays_linear_in_the_output(clustered):
     tracemalloc.stop()
     assert out.shape == (n, items.shape[1]) and np.isfinite(out).all()
     assert peak < 16 * out.nbytes, f"peak {peak / 2**20:.0f} MiB for a {out.nbytes / 2**20:.0f} MiB sample"
+
+
+def _res(rows, bw=20.0):
+    return {"machine": {"cpu": "x", "cores": 2, "read_bandwidth_gbs": bw, "gemm_gflops": 60.0},
+            "date": "2026-11-23", "geometry": {}, "mixture": {"components": 4, "shrink": 0.2}, "rows": rows}
+
+
+def test_runs_merge_by_method_and_catalogue(tmp_path):
+    """A later run at 5M adds its rows next to an earlier run's 1M rows; a rerun of the same
+    (method, N) replaces them; GPU rows and other stages are kept; every run is listed."""
+    import json
+
+    from perf.mips_bench import write
+    r = lambda m, n, q, **kw: {"stage": "mips", "method": m, "N": n, "k": 500, "batch": 1, "qps": q, **kw}  # noqa: E731
+    p = tmp_path / "performance.json"
+    p.write_text(json.dumps({"rows": [r("torch_cuda_fp16", 10**6, 9.0, device="GPU"),
+                                      {"stage": "ensemble", "method": "default"}]}))
+    write(_res([r("grank_mips", 10**6, 1.0), r("faiss_flat", 10**6, 2.0)]), tmp_path, "run A")
+    write(_res([r("grank_mips", 5 * 10**6, 3.0)], bw=21.0), tmp_path, "run B", note="5M only")
+    write(_res([r("faiss_flat", 10**6, 4.0)]), tmp_path, "run C")
+    d = json.loads(p.read_text())
+    got = sorted((x["method"], x["N"], x["qps"]) for x in d["rows"] if x["stage"] == "mips" and not x.get("device"))
+    assert got == [("faiss_flat", 10**6, 4.0), ("grank_mips", 10**6, 1.0), ("grank_mips", 5 * 10**6, 3.0)]
+    assert any(x.get("device") for x in d["rows"]) and any(x["stage"] == "ensemble" for x in d["rows"])
+    assert [x["command"] for x in d["mips_runs"]] == ["run A", "run B", "run C"]
+    assert d["mips_runs"][1]["note"] == "5M only" and d["mips_runs"][1]["read_bandwidth_gbs"] == 21.0

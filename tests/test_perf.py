@@ -91,7 +91,9 @@ def test_tune_serves_a_variant_and_records_rows(tiny_repository, tiny_cfg, ml100
     for x in rows:
         assert x["stage"] == "ensemble" and x["qps"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"]
         assert set(x["models"]) == {"grank_validate", "grank_user_encoder", "grank_mips", "grank_ranker"}
-        assert x["command"].startswith("perf_analyzer -m grank") and str(tmp_path) not in x["command"]
+        words = x["command"].split()
+        assert words[0].endswith("perf_analyzer") and words[1:3] == ["-m", "grank"]
+        assert not [w for w in words if w.startswith("/")], x["command"]  # nothing machine-specific
     docs = tmp_path / "docs"
     docs.mkdir()
     merge(rows, docs)
@@ -112,5 +114,6 @@ def test_big_catalogue_graphs_keep_real_ids_and_pass_parity(tiny_trained, ml100k
     paths = big_catalogue_models(out / "best.pt", n, tmp_path)  # raises unless parity holds
     for name in (MIPS, RANKER):
         m = onnx.load(str(paths[name]))
-        table = [i for i in m.graph.initializer if list(i.dims) == [n + 1, cfg.model.d_model]]
-        assert table, f"{name}: no [{n + 1}, d] item table"
+        # the table as stored ([N+1, d], or folded into [d, N+1] for the MatMul)
+        table = [i for i in m.graph.initializer if sorted(i.dims) == sorted([n + 1, cfg.model.d_model])]
+        assert table, f"{name}: no {n + 1} x d item table"
