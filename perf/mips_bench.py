@@ -66,7 +66,7 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
         rq = users[:recall_queries]
         ks = [k for k in plan["ks"] if k <= n]
         exact = {k: exact_ids(items, rq, k) for k in ks}
-        for M in EXACT + REDUCED + INDEXED:
+        for M in chosen:
             if M.name == "faiss_ivfpq_refine" and n < 39 * 256:
                 log(f"  {M.name} N={n}: skipped, PQ codebooks need >= {39 * 256} training points")
                 continue

@@ -16,7 +16,8 @@ printed with the answer:
 - catalogue sizes between measured ones are interpolated linearly in N (a brute-force scan costs
   O(N)); beyond the largest, exact brute-force methods are extrapolated linearly (flagged), index
   methods and ensembles are not (their cost is not linear in N);
-- index methods count only at a measured recall >= ``--recall``.
+- methods with a measured recall count only at recall >= ``--recall``;
+- an open-loop row counts only if the server completed >= 95% of the offered rate.
 """
 from __future__ import annotations
 
@@ -110,9 +111,11 @@ def ensemble_options(rows: list[dict], qps: float, budget_ms: float, n: int,
     for r in rows:
         if r.get("stage") != "ensemble" or r["p99_ms"] > budget_ms:
             continue
+        if r.get("load_kind") == "request rate" and r["qps"] < 0.95 * r["load"]:
+            continue                                 # offered but not served: overloaded
         if r.get("N") is not None and r["N"] < n:
             continue                                 # measured on a smaller catalogue: not valid
-        load = f"{r.get('load_kind', 'concurrency')} {r.get('load', r.get('concurrency'))}"
+        load = f"{r.get('load_kind', 'concurrency')} {r.get('load', r.get('concurrency')):g}"
         o = Option("ensemble", f"{r['method']} ({r.get('protocol', 'grpc')})", "Triton server like the measured one",
                    load, f"{r['N']:,}" if r.get("N") else "?", r["qps"], r["p99_ms"], None,
                    math.ceil(qps / (r["qps"] * headroom)),

@@ -108,3 +108,29 @@ def test_runs_merge_by_method_and_catalogue(tmp_path):
     assert any(x.get("device") for x in d["rows"]) and any(x["stage"] == "ensemble" for x in d["rows"])
     assert [x["command"] for x in d["mips_runs"]] == ["run A", "run B", "run C"]
     assert d["mips_runs"][1]["note"] == "5M only" and d["mips_runs"][1]["read_bandwidth_gbs"] == 21.0
+
+
+def test_reading_computes_the_bars_from_the_rows():
+    """The report's bar lines are computed, never typed: fastest exact method, 2x floor at 1M,
+    the int8 speed-up and recall, index peers at recall 0.99."""
+    from perf.mips_report import cpu_reading
+
+    def row(m, n, b, p50, floor, target=None, recall=1.0, **kw):
+        return {"stage": "mips", "method": m, "N": n, "k": 500, "batch": b, "qps": b / p50 * 1e3, "p50_ms": p50,
+                "recall": recall, "recall_target": target, "floor_ms": floor, "p50_over_floor": round(p50 / floor, 2),
+                "build_s": kw.get("build_s", 0), "memory_mb": 256, "params": kw.get("params", {})}
+    n = 1_000_000
+    rows = [row("grank_mips", n, 1, 15, 11), row("grank_mips", n, 16, 61, 30),
+            row("torch_topk", n, 1, 30, 11), row("torch_topk", n, 16, 55, 30),
+            row("grank_mips_int8", n, 1, 5, 11), row("grank_mips_int8", n, 16, 50, 30, recall=0.999),
+            row("faiss_ivfflat", n, 1, 4, 11, target=0.99, recall=0.995, build_s=157,
+                params={"nlist": 4000, "nprobe": 64}),
+            row("faiss_ivfflat", n, 16, 38, 30, target=0.99, recall=0.995, build_s=157,
+                params={"nlist": 4000, "nprobe": 64})]
+    text = "\n".join(cpu_reading(rows, []))
+    assert "grank_mips in 1 of 2" in text and "torch_topk 55.00 ms vs grank_mips 61.00 ms" in text
+    assert "batch 16 2.03x (**not met**)" in text
+    assert "speed-up 1.22x to 3.00x" in text and "recall@k >= 0.9990" in text
+    assert "faiss_ivfflat at recall 0.995" in text and "b=1 3.7x" in text and "build 157 s" in text
+    assert "probes 64 of 4000 lists, about 1.6%" in text
+    assert "faiss_hnsw" not in text  # not measured: not reported as failing
