@@ -185,7 +185,8 @@ def _bench(a, argv) -> int:
         return 2
     p = write(res, docs, cmd, a.note)
     (docs / "PERFORMANCE.md").write_text(markdown(json.loads(p.read_text()), docs))
-    print(f"wrote {p} and {docs / 'PERFORMANCE.md'} ({res['seconds']:.0f} s)")
+    took = "imported" if a.import_partial else f"{res['seconds']:.0f} s"
+    print(f"wrote {p} and {docs / 'PERFORMANCE.md'} ({took})")
     return 0
 
 

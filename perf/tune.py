@@ -7,7 +7,7 @@ its directory (command.txt, perf.csv, perf_analyzer.log, perf.png); the rows (st
 ``ensemble``, with the exact command and the per-composing-model breakdown parsed from the log)
 are merged into docs/performance.json, which ``perf.mips_report`` turns into PERFORMANCE.md.
 
-    python -m perf tune --checkpoint artifacts/default/grank/best.pt --variants default delay0 ...
+    python -m perf tune --checkpoint artifacts/default/grank/best.pt --variants default all_threads ...
 """
 from __future__ import annotations
 
