@@ -106,24 +106,25 @@ def mips_options(rows: list[dict], qps: float, budget_ms: float, n: int, k: int,
 
 def ensemble_options(rows: list[dict], qps: float, budget_ms: float, n: int,
                      headroom: float) -> list[Option]:
-    """Best measured load per ensemble configuration whose p99 fits the budget."""
-    best: dict[str, Option] = {}
+    """Best measured load per ensemble configuration within the budget
+    (``perf.ensemble_report.best_within``), from rows measured on at least ``n`` items."""
+    from .ensemble_report import best_within
+    groups: dict[str, list[dict]] = {}
     for r in rows:
-        if r.get("stage") != "ensemble" or r["p99_ms"] > budget_ms:
+        # measured on a smaller catalogue: not valid for this one
+        if r.get("stage") == "ensemble" and (r.get("N") is None or r["N"] >= n):
+            groups.setdefault(f"{r['method']} ({r.get('protocol', 'grpc')})", []).append(r)
+    out = []
+    for method, grp in groups.items():
+        r = best_within(grp, budget_ms)
+        if r is None:
             continue
-        if r.get("load_kind") == "request rate" and r["qps"] < 0.95 * r["load"]:
-            continue                                 # offered but not served: overloaded
-        if r.get("N") is not None and r["N"] < n:
-            continue                                 # measured on a smaller catalogue: not valid
         load = f"{r.get('load_kind', 'concurrency')} {r.get('load', r.get('concurrency')):g}"
-        o = Option("ensemble", f"{r['method']} ({r.get('protocol', 'grpc')})", "Triton server like the measured one",
-                   load, f"{r['N']:,}" if r.get("N") else "?", r["qps"], r["p99_ms"], None,
-                   math.ceil(qps / (r["qps"] * headroom)),
-                   "" if r.get("N") in (None, n) else "measured at a larger N (conservative)")
-        key = o.method
-        if key not in best or o.unit_qps > best[key].unit_qps:
-            best[key] = o
-    return sorted(best.values(), key=lambda o: (o.units, o.p99_ms))
+        out.append(Option("ensemble", method, "Triton server like the measured one", load,
+                          f"{r['N']:,}" if r.get("N") else "?", r["qps"], r["p99_ms"], None,
+                          math.ceil(qps / (r["qps"] * headroom)),
+                          "" if r.get("N") in (None, n) else "measured at a larger N (conservative)"))
+    return sorted(out, key=lambda o: (o.units, o.p99_ms))
 
 
 def csv_rows(paths: list[str], n_items: int | None, name: str = "csv") -> list[dict]:

@@ -159,16 +159,3 @@ def merge(rows: list[dict], docs: Path) -> Path:
     old["rows"] = keep + rows
     p.write_text(json.dumps(old, indent=1))
     return p
-
-
-def summarise(rows: list[dict], budget_ms: float) -> list[dict]:
-    """Per (method, protocol, load kind): the best throughput with p99 within ``budget_ms``."""
-    out = {}
-    for r in rows:
-        key = (r["method"], r["protocol"], r["load_kind"])
-        ok = r["p99_ms"] <= budget_ms
-        cur = out.get(key)
-        if cur is None or (ok and (not cur["ok"] or r["qps"] > cur["qps"])):
-            out[key] = {**r, "ok": ok}
-    return sorted(out.values(), key=lambda r: -r["qps"] * r["ok"])
-
