@@ -20,7 +20,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 CONCURRENCY ?= 1:4:1
-RATES ?= 50:300:50
+RATES ?= 50:450:50
 QPS ?= 1000
 P99_MS ?= 50
 ITEMS ?= 1000000
@@ -108,12 +108,14 @@ selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 
 perf: setup ## perf_analyzer concurrency sweep (CONCURRENCY) against a running server; CSV + plot in $(ARTIFACTS)/perf
 	$(PY) -m perf sweep --url localhost:$(GRPC_PORT) --concurrency $(CONCURRENCY) --out $(ARTIFACTS)/perf
 
-perf-tune: setup ## Serve each serving variant on its own Triton and sweep it with perf_analyzer; HTTP, open loop, 1M items -> docs/ (needs `make repository`; ~25 min)
+perf-tune: setup ## Serve each serving variant on its own Triton and sweep it with perf_analyzer; HTTP, open loop, k1/history shapes, 1M items -> docs/ (needs `make repository`; ~40 min)
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants all_threads \
 	  all_threads_delay0 all_threads_delay1ms all_threads_delay4ms threads1 inst2_threads1 threads1_delay0 threads1_delay1ms
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants inst1 inst3
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --protocols grpc http
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --request-rate $(RATES)
-	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --items 1000000
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default trained_shape k1_200 k1_1000 history128 history64
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default mips_threads2 --items 1000000
 
 plan: setup ## Capacity planner from docs/performance.json: make plan QPS=2000 P99_MS=50 ITEMS=1000000
 	$(PY) -m perf plan --qps $(QPS) --p99-ms $(P99_MS) --items $(ITEMS)

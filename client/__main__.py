@@ -78,7 +78,7 @@ def _run(ap, a) -> int:
     from grank.train import load_checkpoint
 
     from .selfcheck import self_check
-    model, cfg, _ = load_checkpoint(a.checkpoint)
+    model, cfg, _ = load_checkpoint(a.checkpoint, served=True)  # the shape the repository serves
     urls = [("grpc", a.grpc_url), ("http", a.http_url)]
     if not any(u for _, u in urls):
         ap.error("selfcheck: give --grpc-url and/or --http-url")

@@ -6,14 +6,18 @@ import sys
 import time
 from pathlib import Path
 
-from grank.config import make_config
+from grank.__main__ import overrides
+from grank.config import make_config, served_config
 
 
-def _export(checkpoint: str, out: Path, users: int, seed: int):
+def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | None = None):
     """Export + Polygraphy parity on real users, printed; exits non-zero on a mismatch."""
     from .build import export_checkpoint
     t0 = time.time()
-    ex = export_checkpoint(checkpoint, out, users, seed)
+    try:
+        ex = export_checkpoint(checkpoint, out, users, seed, serving=serving)
+    except ValueError as e:
+        raise SystemExit(f"error: --set: {e}")
     for name, p in ex.paths.items():
         status = "parity OK" if not ex.problems[name] else f"{len(ex.problems[name])} PROBLEMS"
         print(f"{name:20s} {p}  ({p.stat().st_size / 2**20:.2f} MiB)  {status} on {users} real users")
@@ -34,6 +38,10 @@ def main(argv=None) -> int:
         p.add_argument("--out", default="artifacts/export", help="folder for the ONNX files")
         p.add_argument("--users", type=int, default=64, help="real users in the parity check")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="serve with another eval.k1 / eval.k2 / eval.ks or a shorter "
+                            "model.ranker_history than the checkpoint's (repeatable; build such a "
+                            "repository into another --repository)")
 
     ck(sub.add_parser("onnx", help="export the three ONNX models and check them against PyTorch"))
     p = sub.add_parser("repository", help="export, check, and build a Triton model repository")
@@ -52,10 +60,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     if a.cmd == "onnx":
-        _export(a.checkpoint, Path(a.out), a.users, a.seed)
+        _export(a.checkpoint, Path(a.out), a.users, a.seed, overrides(a.set))
     elif a.cmd == "repository":
         from .build import build_repository
-        ex = _export(a.checkpoint, Path(a.out), a.users, a.seed)
+        ex = _export(a.checkpoint, Path(a.out), a.users, a.seed, overrides(a.set))
         try:
             repo = build_repository(ex, a.repository, a.version, a.force)
         except ValueError as e:
@@ -64,7 +72,7 @@ def main(argv=None) -> int:
     elif a.cmd == "configs":
         from .repository import COMMITTED, config_drift, write_configs
         repo = Path(a.repository) if a.repository else COMMITTED
-        cfg = make_config(a.preset, "grank")
+        cfg = served_config(make_config(a.preset, "grank"))
         if a.check:
             drift = config_drift(cfg, repo)
             print("configs up to date" if not drift else f"drift in: {', '.join(drift)}")

@@ -24,10 +24,13 @@ class Exported:
 
 
 def export_checkpoint(checkpoint, out, users: int = 64, seed: int = 0, data: Interactions | None = None,
-                      external_above: int = PROTOBUF_LIMIT - (1 << 20)) -> Exported:
+                      external_above: int = PROTOBUF_LIMIT - (1 << 20),
+                      serving: dict | None = None) -> Exported:
     """Rebuild the model from ``checkpoint`` alone, export the three graphs to ``out`` and
-    compare them with PyTorch on ``users`` real users (``export.parity``)."""
-    model, cfg, _ = load_checkpoint(checkpoint, data)
+    compare them with PyTorch on ``users`` real users (``export.parity``). The graphs take the
+    shape the checkpoint's config says to serve (``cfg.serve``); ``serving``: serving-only
+    overrides on top (``grank.config.SERVING_KEYS``: k1, k2, a shorter history)."""
+    model, cfg, _ = load_checkpoint(checkpoint, data, serving, served=True)
     data = data if data is not None else load(cfg.dataset)
     arrays = pipeline_arrays(graphs(model, cfg.eval.k1, cfg.eval.k2), real_inputs(data, cfg, users, seed))
     paths = export_all(model, cfg, arrays, Path(out), external_above)

@@ -42,17 +42,32 @@ class Serving:
     """Serving settings of the ONNX models' config.pbtxt: what ``python -m perf tune`` varies.
     The defaults are what the committed configs say (measurements: docs/PERFORMANCE.md)."""
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US  # dynamic batching: longest wait to fill a batch
-    instances: int = 0          # instance_group count (kind left to Triton: per GPU, else CPU);
-                                # 0 = no instance_group, Triton's default of one
+    # instance_group count (kind left to Triton: per GPU, else CPU). 0 = no instance_group:
+    # Triton's own default, one instance per GPU, or on a CPU two for ONNX Runtime / TensorRT /
+    # TensorFlow models (triton-inference-server/core#82; the server log's
+    # "ModelInstanceInitialize: grank_mips_1" shows it) and one for the Python validator.
+    instances: int = 0
     # ONNX Runtime intra-op threads per instance (0 = one per core). 1 is the measured choice:
     # four models each spinning a pool over every core oversubscribe a small CPU; one thread each
     # doubled the ensemble's throughput on the 2-core machine (docs/PERFORMANCE.md, `make perf-tune`)
     intra_op_threads: int = 1
+    # the MIPS model's own thread count (None: intra_op_threads). On a large catalogue the MIPS
+    # scan is most of a request's work, so it may deserve more threads than the other models.
+    mips_intra_op_threads: int | None = None
 
     def __post_init__(self):
-        for f in ("max_queue_delay_us", "instances", "intra_op_threads"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
-                raise ValueError(f"serving.{f}: must be an integer >= 0, got {getattr(self, f)!r}")
+        for f in ("max_queue_delay_us", "instances", "intra_op_threads", "mips_intra_op_threads"):
+            v = getattr(self, f)
+            if v is None and f == "mips_intra_op_threads":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"serving.{f}: must be an integer >= 0, got {v!r}")
+
+    def threads(self, model: str) -> int:
+        """ONNX Runtime intra-op threads of ``model`` (0 = ONNX Runtime's default)."""
+        if model == MIPS and self.mips_intra_op_threads is not None:
+            return self.mips_intra_op_threads
+        return self.intra_op_threads
 
 
 def _model_config(sig: Signature, backend: str, serving: Serving = Serving()) -> str:
@@ -61,10 +76,10 @@ def _model_config(sig: Signature, backend: str, serving: Serving = Serving()) ->
             + f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_queue_delay_us}\n}}\n")
     if backend == "onnxruntime" and serving.instances:
         text += f"instance_group [\n  {{\n    count: {serving.instances}\n  }}\n]\n"
-    if backend == "onnxruntime" and serving.intra_op_threads:
+    if backend == "onnxruntime" and serving.threads(sig.name):
         # the native ONNX Runtime backend's parameter; serve/backends/onnxruntime honours it too
         text += ('parameters {\n  key: "intra_op_thread_count"\n'
-                 f'  value: {{ string_value: "{serving.intra_op_threads}" }}\n}}\n')
+                 f'  value: {{ string_value: "{serving.threads(sig.name)}" }}\n}}\n')
     return text
 
 

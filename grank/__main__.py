@@ -11,7 +11,8 @@ from .config import PRESETS, VARIANTS, make_config
 from .data import DATASETS
 
 
-def _overrides(pairs):
+def overrides(pairs) -> dict[str, str]:
+    """Repeated ``--set KEY=VALUE`` arguments -> {key: value string} (typed by the config)."""
     out = {}
     for p in pairs or []:
         if "=" not in p:
@@ -53,6 +54,12 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--stage", default="test", choices=["val", "test"])
     p.add_argument("--unfiltered", action="store_true", help="do not exclude history items")
+    p.add_argument("--served", action="store_true",
+                   help="at the shape the model repository serves (the config's serve.k1 / serve.history) "
+                        "instead of the trained eval.k1 / model.ranker_history")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="serve the checkpoint with another eval.k1, eval.k2, eval.ks or a shorter "
+                        "model.ranker_history (repeatable)")
     for name in ("results", "demo"):
         p = sub.add_parser(name, help="train/evaluate every results row; write docs/results.json "
                            "and docs/RESULTS.md" if name == "results" else
@@ -76,28 +83,31 @@ def main(argv=None) -> int:
     if a.cmd == "train":
         from .data import load
         from .train import train
-        cfg = make_config(a.preset, a.variant, a.seed, _overrides(a.set))
+        cfg = make_config(a.preset, a.variant, a.seed, overrides(a.set))
         s = train(cfg, load(cfg.dataset), a.out, resume=not a.no_resume, threads=a.threads, device=a.device)
         print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
         return 0
     if a.cmd == "speed":
         from .data import load
         from .train import measure_speed
-        cfg = make_config(a.preset, a.variant, a.seed, _overrides(a.set))
+        cfg = make_config(a.preset, a.variant, a.seed, overrides(a.set))
         print(json.dumps(measure_speed(cfg, load(cfg.dataset), a.steps, threads=a.threads)))
         return 0
     if a.cmd == "evaluate":
         from .data import load, split
         from .evaluate import evaluate_model
         from .train import load_checkpoint
-        model, cfg, _ = load_checkpoint(a.checkpoint)
+        try:
+            model, cfg, _ = load_checkpoint(a.checkpoint, serving=overrides(a.set), served=a.served)
+        except ValueError as e:
+            raise SystemExit(f"error: --set: {e}")
         res = evaluate_model(model, split(load(cfg.dataset)), a.stage, cfg.eval, filtered=not a.unfiltered)
         print(json.dumps(res, indent=1))
         return 0
     from .report import ROWS, markdown, results
     rows = tuple(a.rows.split(",")) if a.rows else (ROWS if a.cmd == "results" else ("grank", "popularity"))
     cmd = "python -m grank " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    res = results(a.preset, a.seed, a.artifacts, rows, _overrides(a.set), a.retrain, a.docs, cmd,
+    res = results(a.preset, a.seed, a.artifacts, rows, overrides(a.set), a.retrain, a.docs, cmd,
                   a.note)
     print(markdown(res))
     return 0

@@ -64,6 +64,11 @@ class TrainConfig:
     # (the user vector enters the Ranker detached), so the Ranker cannot trade next-item quality
     # of the served user vector for its own loss.
     ranker_detach: bool = False
+    # L_CA at this many of the ntp_positions supervised slots per window (the newest and
+    # random others), each with the history visible at that slot. 1: the newest only, whose
+    # target the Generator sees every epoch and memorises, so the Ranker trains on lists far
+    # easier than the served ones; older slots are supervised by L_NTP less often.
+    ranker_slots: int = 1
     # Stacking-style holdout: each user's last training item (the target of its newest training
     # window, fixed across epochs) is never an L_NTP target and is the only target L_CA trains
     # on, with the Ranker's residual Generator score detached. Over many epochs the Generator
@@ -83,6 +88,16 @@ class EvalConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The shape the exported model repository serves where it differs from the trained and
+    evaluated one (0 keeps that). Measured (`make perf-tune`, docs/PERFORMANCE.md): the Ranker
+    re-scoring 200 candidates over the newest 128 history items gives the same test HR@10 as
+    500 over 256 (0.2985 both) at about 1.4x the ensemble's throughput on the 2-core CPU."""
+    k1: int = 200       # MIPS candidates the served Ranker re-scores (0: eval.k1)
+    history: int = 128  # history items a request carries, newest last (0: model.ranker_history)
+
+
+@dataclass
 class Config:
     dataset: str = "ml-1m"
     variant: str = "grank"
@@ -90,6 +105,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,7 +113,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         d = dict(d)
-        sub = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+        sub = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig}
         kwargs = {}
         for f in fields(cls):
             if f.name not in d:
@@ -115,6 +131,7 @@ def effective_dict(cfg: Config) -> dict:
     negatives without a Ranker) are dropped, so changing them does not invalidate checkpoints
     of variants they cannot affect."""
     d = cfg.to_dict()
+    d.pop("serve")  # how the model is served never changes how it is trained
     m, t = d["model"], d["train"]
     w = list(t.pop("loss_weights"))
     if not m["aux_tokens"]:
@@ -122,7 +139,7 @@ def effective_dict(cfg: Config) -> dict:
         w[1] = None
     if not m["ranker"]:
         for k in ("ranker_hard", "ranker_hard_pool", "ranker_random", "ranker_detach",
-                  "ranker_holdout"):
+                  "ranker_holdout", "ranker_slots"):
             t.pop(k)
         w[2] = None
     t["loss_weights"] = w
@@ -155,6 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.ranker_hard": 8, "train.ranker_hard_pool": 32, "train.ranker_random": 4,
         "train.eval_every": 1, "train.max_users": 200, "train.warmup_steps": 5,
         "eval.k1": 50, "eval.k2": 20, "eval.ks": (5, 10, 20),
+        "serve.k1": 0, "serve.history": 0,
     },
     "fast": {"train.epochs": 3, "train.eval_every": 3, "train.max_users": 0},
     "default": {},
@@ -216,11 +234,53 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"eval.ks max ({max(e.ks)}) must be <= eval.k2 ({e.k2})")
     if len(t.loss_weights) != 3:
         raise ValueError("train.loss_weights: expected three weights (NTP, SA-info, CA-info)")
+    if not 1 <= t.ranker_slots <= t.ntp_positions:
+        raise ValueError(f"train.ranker_slots ({t.ranker_slots}) must be in [1, train.ntp_positions "
+                         f"({t.ntp_positions})]")
+    if t.ranker_holdout and t.ranker_slots != 1:
+        raise ValueError("train.ranker_holdout trains L_CA on the newest slot only: set train.ranker_slots=1")
     if m.aux_tokens and not m.query_token:
         raise ValueError("model.aux_tokens needs model.query_token (they share the decomposed attention)")
     for name in ("max_history", "ranker_history", "d_model", "n_layers"):
         if getattr(m, name) < 1:
             raise ValueError(f"model.{name} must be >= 1")
+    sv = cfg.serve
+    if sv.k1 and not e.k2 <= sv.k1:
+        raise ValueError(f"serve.k1 ({sv.k1}) must be >= eval.k2 ({e.k2}), or 0 to serve eval.k1")
+    if sv.history and not m.max_history <= sv.history <= m.ranker_history:
+        raise ValueError(f"serve.history ({sv.history}) must be in [model.max_history ({m.max_history}), "
+                         f"model.ranker_history ({m.ranker_history})], or 0 to serve the trained history")
+
+
+# Settings that change how a trained model is served, not its weights: how many MIPS candidates
+# the Ranker re-scores (k1), how many items come back (k2, and the ks evaluated from them), and
+# the served history length (the newest R items: a suffix of what the model was trained on).
+SERVING_KEYS = ("eval.k1", "eval.k2", "eval.ks", "model.ranker_history", "serve.k1", "serve.history")
+
+
+def served_config(cfg: Config, overrides: dict[str, Any] | None = None) -> Config:
+    """``cfg`` as the model repository serves it: ``cfg.serve``'s shape, then ``overrides``."""
+    shape = {}
+    if cfg.serve.k1:
+        shape["eval.k1"] = cfg.serve.k1
+    if cfg.serve.history:
+        shape["model.ranker_history"] = cfg.serve.history
+    # the result serves exactly its own eval.k1 / model.ranker_history: nothing left to apply
+    return serving_config(cfg, {**shape, **(overrides or {}), "serve.k1": 0, "serve.history": 0})
+
+
+def serving_config(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """``cfg`` (a checkpoint's) with serving-only ``overrides`` (``SERVING_KEYS``) applied."""
+    bad = sorted(set(overrides) - set(SERVING_KEYS))
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: not a serving setting of a trained model; "
+                         f"only {', '.join(SERVING_KEYS)} can change after training")
+    new = apply_overrides(cfg, overrides)
+    R, trained = new.model.ranker_history, cfg.model.ranker_history
+    if not new.model.max_history <= R <= trained:
+        raise ValueError(f"model.ranker_history: must be in [{new.model.max_history} (model.max_history), "
+                         f"{trained} (trained)], got {R}")
+    return new
 
 
 def make_config(preset: str = "default", variant: str = "grank", seed: int = 0,

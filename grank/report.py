@@ -27,8 +27,11 @@ PROTOCOL = ("{dataset}, chronological leave-last-out per user (ties in timestamp
             "catalogue of {items:,} items; items already in the user's history are excluded "
             "(filtered; the unfiltered variant is reported alongside); HR@K = Recall@K with one "
             "held-out item; NDCG@K = 1/log2(rank+2); pessimistic ties. Neural rows are evaluated "
-            "as served: MIPS top-k1 from the Generator, Ranker re-scores them, top-k2 returned; "
-            "checkpoint chosen by validation HR@10 (second-to-last item).")
+            "through the served pipeline: MIPS top-k1 from the Generator, Ranker re-scores them, "
+            "top-k2 returned, at the trained shape (eval.k1, model.ranker_history; the repository's "
+            "served shape, serve.k1 / serve.history, is measured by `python -m grank evaluate "
+            "--served` and in docs/PERFORMANCE.md); checkpoint chosen by validation HR@10 "
+            "(second-to-last item).")
 
 
 def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, retrain: bool):

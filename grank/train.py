@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batches import epoch_samples, windows
-from .config import Config, effective_dict
+from .config import Config, effective_dict, served_config, serving_config
 from .data import Interactions, Split, fingerprint, split as make_split
 from .evaluate import evaluate_model
 from .generator import NEG_INF
@@ -62,6 +62,22 @@ def seen_before(hist_ids: torch.Tensor, slots: torch.Tensor, n_ids: int) -> torc
     first = torch.full((B, n_ids), R, dtype=torch.long)
     first.scatter_reduce_(1, hist_ids, torch.arange(R).expand(B, R), reduce="amin")
     return first[:, None, 1:] <= slots[None, :, None]
+
+
+def slot_views(slots: torch.Tensor, *xs: torch.Tensor) -> tuple:
+    """The long history as it looked at each of ``slots`` [K] (long-history slot indices):
+    each x [B, R, ...] -> [B, K, R, ...] holding x[:, :slot+1] right aligned (newest last) and
+    zeros (padding) before, so nothing after a slot is visible in its view."""
+    R = xs[0].shape[1]
+    idx = torch.arange(R)[None, :] - (R - 1 - slots)[:, None]  # [K, R] source slot per view slot
+    valid = idx >= 0
+    idx = idx.clamp(min=0)
+    out = []
+    for x in xs:
+        v = x[:, idx]
+        mask = valid.reshape(valid.shape + (1,) * (x.dim() - 2))
+        out.append(v * mask if v.is_floating_point() else v.masked_fill(~mask, 0))
+    return tuple(out)
 
 
 def losses(model: GRank, batch: dict, cfg: Config) -> dict:
@@ -121,25 +137,37 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
         else:
             out["sa"] = sa.mean()
         total = total + tc.loss_weights[1] * out["sa"]
-    rows = batch["is_last"].nonzero()[:, 0] if holdout else None
-    if model.ranker is not None and (rows is None or len(rows)):
-        if rows is not None:  # L_CA on the held-out targets only
-            logits, states, hist_ids, hist_rat, target, emb, pad = (
-                x[rows] for x in (logits, states, hist_ids, hist_rat, target, emb, pad))
-            B = len(rows)
+    if model.ranker is not None:
+        R = hist_ids.shape[1]
+        # L_CA at K of the S supervised slots: the newest (the served user vector) and K-1
+        # random others. Each slot's Ranker sees the history as it would be served at that
+        # moment: the items up to that slot, right aligned, newer ones cut off (no leakage).
+        K = 1 if holdout else min(tc.ranker_slots, S)
+        ks = torch.tensor([S - 1])
+        if K > 1:  # (no draw at K = 1: the default run's random stream stays as it was)
+            ks = torch.cat([torch.randperm(S - 1)[:K - 1], ks])
+        v_ids, v_rat, v_emb = slot_views(pos[ks] + R - L, hist_ids, hist_rat, emb)
+        tgt = batch["ntp_targets"][:, pos[ks]]                 # [B, K], 0 = padding slot
+        keep = tgt > 0
+        if holdout:  # L_CA on the held-out targets only
+            keep = keep & batch["is_last"][:, None]
+        gl = logits[:, ks]
+        u, gl, v_ids, v_rat, v_emb, tgt = (x[keep] for x in (states[:, ks], gl, v_ids, v_rat, v_emb, tgt))
+        n = len(tgt)
+    if model.ranker is not None and n:
         with torch.no_grad():
-            gl = F.pad(logits[:, -1].detach(), (1, 0), value=NEG_INF)  # [B, N+1] by dense id
-            gl.scatter_(1, hist_ids, NEG_INF)          # seen items are filtered when served
-            gl.scatter_(1, target[:, None], NEG_INF)
+            gl = F.pad(gl.detach(), (1, 0), value=NEG_INF)  # [n, N+1] by dense id
+            gl.scatter_(1, v_ids, NEG_INF)             # seen items are filtered when served
+            gl.scatter_(1, tgt[:, None], NEG_INF)
             pool = gl.topk(min(tc.ranker_hard_pool, gl.shape[1] - 2), dim=1).indices
             pick = torch.rand(pool.shape).argsort(1)[:, :tc.ranker_hard]
             hard = pool.gather(1, pick)
-            rand = torch.randint(1, table.shape[0], (B, tc.ranker_random))
-            cand_r = torch.cat([target[:, None], hard, rand], 1)
-        u = states[:, -1].detach() if tc.ranker_detach else states[:, -1]
-        s = model.ranker(u, F.embedding(cand_r, table), emb, hist_rat, pad, detach_residual=holdout)
-        s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == target[:, None], NEG_INF)
-        out["ca"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long))
+            rand = torch.randint(1, table.shape[0], (n, tc.ranker_random))
+            cand_r = torch.cat([tgt[:, None], hard, rand], 1)
+        u = u.detach() if tc.ranker_detach else u
+        s = model.ranker(u, F.embedding(cand_r, table), v_emb, v_rat, v_ids == 0, detach_residual=holdout)
+        s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == tgt[:, None], NEG_INF)
+        out["ca"] = F.cross_entropy(s, torch.zeros(n, dtype=torch.long))
         total = total + tc.loss_weights[2] * out["ca"]
     out["total"] = total
     return out
@@ -175,8 +203,12 @@ def save(path: Path, state: dict) -> None:
     tmp.replace(path)  # atomic: an interrupted save never corrupts the last good checkpoint
 
 
-def load_checkpoint(path: str | Path, data: Interactions | None = None):
-    """Rebuild (model, config, checkpoint dict) from a checkpoint file alone."""
+def load_checkpoint(path: str | Path, data: Interactions | None = None, serving: dict | None = None,
+                    served: bool = False):
+    """Rebuild (model, config, checkpoint dict) from a checkpoint file alone, at the trained
+    shape, or with ``served`` at the shape the repository serves (``cfg.serve``). ``serving``:
+    serving-only overrides on top (``config.SERVING_KEYS``, e.g. ``{"eval.k1": 1000}``), applied to
+    the returned config and to the model (a shorter history uses the newest slots' weights)."""
     from .data import load
     ck = torch.load(path, map_location="cpu", weights_only=True)
     cfg = Config.from_dict(ck["config"])
@@ -187,6 +219,9 @@ def load_checkpoint(path: str | Path, data: Interactions | None = None):
     model = build_model(cfg, data)
     model.load_state_dict(ck["model"])
     model.eval()
+    if served or serving:
+        cfg = served_config(cfg, serving) if served else serving_config(cfg, serving)
+        model.cfg = cfg.model
     return model, cfg, ck
 
 

@@ -102,20 +102,27 @@ def _tune(a) -> int:
 
     import torch
 
-    from grank.config import Config
+    from grank.config import Config, served_config
     from grank.data import load
 
     from .mips_report import markdown
-    from .tune import VARIANTS, big_catalogue_models, merge, run_variant, variant_repository
-    unknown = [v for v in a.variants if v not in VARIANTS]
+    from .tune import (SHAPES, VARIANTS, big_catalogue_models, merge, run_variant, shape_quality,
+                       shape_repository, variant_repository)
+    unknown = [v for v in a.variants if v not in VARIANTS and v not in SHAPES]
     if unknown:
-        print(f"error: --variants: unknown {unknown}; choose from {sorted(VARIANTS)}", file=sys.stderr)
+        print(f"error: --variants: unknown {unknown}; choose from {sorted(VARIANTS) + sorted(SHAPES)}",
+              file=sys.stderr)
+        return 2
+    if a.items and any(v in SHAPES for v in a.variants):
+        print(f"error: --items: the shape variants ({', '.join(SHAPES)}) serve the real catalogue",
+              file=sys.stderr)
         return 2
     repo = Path(a.repository)
     if not (repo / "grank_mips" / "1" / "model.onnx").exists():
         print(f"error: --repository: {repo} has no built models (run `make repository`)", file=sys.stderr)
         return 2
-    cfg = Config.from_dict(torch.load(a.checkpoint, map_location="cpu", weights_only=True)["config"])
+    # the shape the built repository serves (grank.config.ServeConfig)
+    cfg = served_config(Config.from_dict(torch.load(a.checkpoint, map_location="cpu", weights_only=True)["config"]))
     data = load(cfg.dataset)
     out = Path(a.out)
     models, n_items = None, data.n_items
@@ -125,12 +132,21 @@ def _tune(a) -> int:
     rows = []
     for v in a.variants:
         name = v + (f"@{n_items}" if a.items else "") + ("+rate" if a.request_rate else "")
-        r = variant_repository(repo, out / name / "repository", cfg, VARIANTS[v], models)
+        if v in SHAPES:
+            print(f"{name}: re-exporting with {SHAPES[v]} and evaluating that shape ...")
+            r, vcfg, quality = shape_repository(a.checkpoint, name, SHAPES[v], out / name, data)
+        else:
+            r, vcfg = variant_repository(repo, out / name / "repository", cfg, VARIANTS[v], models), cfg
+            quality = {}
+            if v == "default" and not a.items:  # the baseline of the shapes (about a minute)
+                from grank.train import load_checkpoint
+                quality = shape_quality(load_checkpoint(a.checkpoint, data, served=True)[0], cfg, data)
+        shape = {"R": vcfg.model.ranker_history, "k1": vcfg.eval.k1, "k2": vcfg.eval.k2, **quality}
         for proto in a.protocols:
             try:
                 rows += run_variant(name, r, proto, out / name / proto, data, n_items,
                                     concurrency=a.concurrency, request_rate=a.request_rate,
-                                    interval_ms=a.interval_ms)
+                                    interval_ms=a.interval_ms, shape=shape)
             except RuntimeError as e:
                 print(f"error: {name} {proto}: {e}", file=sys.stderr)
                 return 1

@@ -59,22 +59,43 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
              "One change at a time (`perf.tune.VARIANTS`): round 1 varies the first committed setting "
              "(`all_threads`: ONNX Runtime's default of one intra-op thread per core in every model, 100 us "
              "batching delay), round 2 varies its winner (`threads1`: one thread per model instance); "
-             "`default` is what the committed configs say now. One user per request, real users' histories "
+             "`default` is what the committed configs said when the row was measured (its R x k1: the "
+             "history served and the MIPS candidates re-scored). One user per request, real users' histories "
              f"as input, one run per row, closed loop. p99 budget {BUDGET_MS:g} ms. Regenerate: `make perf-tune` "
-             "(commands per run below). Identical settings measured twice (`threads1` and `default`) differ "
-             "by about 10% at the same concurrency: read smaller differences as noise.", "",
-             "| variant | protocol | N | best infer/s with p99 <= budget | at concurrency | p50 / p99 ms "
-             "| peak infer/s (concurrency) | Ranker avg batch at peak |", "|---|---|---|---|---|---|---|---|"]
+             "(commands per run below). Identical settings measured twice (`threads1`, `inst2_threads1` and "
+             "`default`) differ by about 10% at the same concurrency: read smaller differences as noise. "
+             "Instances: with no `instance_group` (the committed configs) Triton runs TWO CPU instances of "
+             "each ONNX model (its CPU default for ONNX Runtime, triton-inference-server/core#82; the server "
+             "log lists `grank_mips_0` and `grank_mips_1`) and one of the Python validator, so "
+             "`inst2_threads1` repeats `threads1`; `inst1` and `inst3` are the real instance-count changes.", "",
+             "| variant | protocol | N | R x k1 | best infer/s with p99 <= budget | at concurrency | p50 / p99 ms "
+             "| peak infer/s (concurrency) | Ranker avg batch at peak |", "|---|---|---|---|---|---|---|---|---|"]
     for (method, proto), rs in sorted(closed.items(), key=lambda kv: -max(r["qps"] for r in kv[1])):
         best = best_within(rs)
         peak = max(rs, key=lambda r: r["qps"])
         rb = peak.get("models", {}).get("grank_ranker", {}).get("avg_batch")
-        lines.append(f"| {method} | {proto} | {rs[0]['N']:,} | "
+        lines.append(f"| {method} | {proto} | {rs[0]['N']:,} | {rs[0].get('R', '-')} x {rs[0].get('k1', '-')} | "
                      + (f"{best['qps']:.1f} | {best['load']:g} | {best['p50_ms']:.1f} / {best['p99_ms']:.1f} | "
                         if best else "none | - | - | ")
                      + f"{peak['qps']:.1f} ({peak['load']:g}) | {rb if rb is not None else '-'} |")
     if closed:
         lines += ["", f"![ensemble_tuning.png]({_plot(closed, docs)})"]
+    shaped = {key: rs for key, rs in closed.items() if "HR@10" in rs[0]}
+    if shaped:
+        lines += ["", "### History length and k1 (re-exported; committed serving settings)", "",
+                  "`perf.tune.SHAPES`: the served history R (newest items; the Generator reads the newest 64 "
+                  "of them, the Ranker all R) and the number of MIPS candidates k1 the Ranker re-scores. "
+                  "These change the answers, so each shape's test-split quality (the results protocol, "
+                  "evaluated in PyTorch; the ONNX export is parity-checked) sits beside its speed.", "",
+                  "| variant | protocol | R | k1 | test HR@10 | test NDCG@10 | best infer/s with p99 <= budget "
+                  "| peak infer/s | Ranker infer ms at peak |", "|---|---|---|---|---|---|---|---|---|"]
+        for (method, proto), rs in sorted(shaped.items(), key=lambda kv: (kv[1][0]["R"], kv[1][0]["k1"])):
+            best, peak = best_within(rs), max(rs, key=lambda r: r["qps"])
+            rk = peak.get("models", {}).get("grank_ranker", {}).get("compute_infer_ms")
+            best_qps = f"{best['qps']:.1f}" if best else "none"
+            rk_ms = f"{rk:.2f}" if rk is not None else "-"
+            lines.append(f"| {method} | {proto} | {rs[0]['R']} | {rs[0]['k1']} | {rs[0]['HR@10']:.4f} | "
+                         f"{rs[0]['NDCG@10']:.4f} | {best_qps} | {peak['qps']:.1f} | {rk_ms} |")
     # per-model breakdown at the highest load of each variant
     lines += ["", "### Where the time goes (per composing model, highest concurrency of each run)", "",
               "The first setting, the committed one, and the committed one on a larger catalogue (every "

@@ -120,6 +120,9 @@ def ensemble_options(rows: list[dict], qps: float, budget_ms: float, n: int,
         if r is None:
             continue
         load = f"{r.get('load_kind', 'concurrency')} {r.get('load', r.get('concurrency')):g}"
+        if "R" in r:  # the served shape changes the answers: say which, and its quality if measured
+            shape = f"R {r['R']} x k1 {r['k1']}" + (f", test HR@10 {r['HR@10']:.4f}" if "HR@10" in r else "")
+            method = f"{method[:-1]}; {shape})"
         out.append(Option("ensemble", method, "Triton server like the measured one", load,
                           f"{r['N']:,}" if r.get("N") else "?", r["qps"], r["p99_ms"], None,
                           math.ceil(qps / (r["qps"] * headroom)),

@@ -31,10 +31,56 @@ VARIANTS = {
     "all_threads_delay1ms": Serving(**{**ALL_THREADS, "max_queue_delay_us": 1000}),
     "all_threads_delay4ms": Serving(**{**ALL_THREADS, "max_queue_delay_us": 4000}),
     "threads1": Serving(intra_op_threads=1, max_queue_delay_us=100),
+    # NB: Triton already gives every ONNX model two CPU instances when no instance_group is set,
+    # so inst2_threads1 is threads1 with the count written out (a repeat run of the same setting)
     "inst2_threads1": Serving(instances=2, intra_op_threads=1, max_queue_delay_us=100),
+    "inst1": Serving(instances=1),
+    "inst3": Serving(instances=3),
     "threads1_delay0": Serving(intra_op_threads=1, max_queue_delay_us=0),
     "threads1_delay1ms": Serving(intra_op_threads=1, max_queue_delay_us=1000),
+    # for a large catalogue, where the MIPS scan is most of the work (run with --items)
+    "mips_threads2": Serving(mips_intra_op_threads=2),
 }
+
+
+# Shapes of the served pipeline (one change at a time, committed serving settings): how many MIPS
+# candidates the Ranker re-scores (k1) and how much history the request carries (R, the newest
+# items; the Generator always reads the newest 64 of them). These change what comes back, so the
+# model is re-exported at that shape (``export_checkpoint(serving=...)``) and each row records the
+# test-split quality of its shape beside its speed.
+# Names say what changes from the trained shape (k1 500 over R 256); the repository serves
+# k1_200_history128 since it was measured (grank.config.ServeConfig).
+SHAPES = {
+    "trained_shape": {"eval.k1": 500, "model.ranker_history": 256},
+    "k1_200": {"eval.k1": 200, "model.ranker_history": 256},
+    "k1_1000": {"eval.k1": 1000, "model.ranker_history": 256},
+    "history128": {"eval.k1": 500, "model.ranker_history": 128},
+    "history64": {"eval.k1": 500, "model.ranker_history": 64},
+    "k1_200_history128": {"eval.k1": 200, "model.ranker_history": 128},  # the two cheap ones together
+}
+
+
+def shape_repository(checkpoint: str, name: str, overrides: dict, out: Path, data) -> tuple:
+    """Export ``checkpoint`` served with ``overrides`` (parity-checked), build a repository for
+    it under ``out`` and evaluate that shape on the test split. Returns (repository, config,
+    {"HR@10": .., "NDCG@10": ..})."""
+    from export.build import build_repository, export_checkpoint
+    ex = export_checkpoint(checkpoint, out / "onnx", data=data, serving=overrides)
+    bad = {k: v for k, v in ex.problems.items() if v}
+    if bad:
+        raise RuntimeError(f"{name}: ONNX graphs disagree with PyTorch: {bad}")
+    if (out / "repository").exists():
+        shutil.rmtree(out / "repository")
+    repo = build_repository(ex, out / "repository")
+    return repo, ex.cfg, shape_quality(ex.model, ex.cfg, data)
+
+
+def shape_quality(model, cfg, data) -> dict:
+    """Test-split HR@10 / NDCG@10 of ``model`` served as ``cfg`` says (the results protocol)."""
+    from grank.data import split
+    from grank.evaluate import evaluate_model
+    q = evaluate_model(model, split(data), "test", cfg.eval, progress=False)
+    return {k: round(q[k], 4) for k in ("HR@10", "NDCG@10")}
 
 
 def parse_breakdown(log: str) -> dict[float, dict[str, dict]]:
@@ -92,7 +138,7 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     from grank.train import load_checkpoint
 
     from .geometry import fit_mixture, sample
-    model, cfg, _ = load_checkpoint(checkpoint)
+    model, cfg, _ = load_checkpoint(checkpoint, served=True)  # the shape of the repository's encoder
     real = model.item_vectors().detach()
     if n_items <= len(real) - 1:
         raise ValueError(f"--items: must exceed the real catalogue ({len(real) - 1}), got {n_items}")
@@ -126,8 +172,9 @@ def portable(cmd: str) -> str:
 
 def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_items: int,
                 concurrency: str | None = "1:9:2", request_rate: str | None = None,
-                interval_ms: int = 3000, stability: int = 25, log=print) -> list[dict]:
-    """Serve ``repo``, sweep it, stop the server. Rows of stage ``ensemble``."""
+                interval_ms: int = 3000, stability: int = 25, log=print, shape: dict | None = None) -> list[dict]:
+    """Serve ``repo``, sweep it, stop the server. Rows of stage ``ensemble``; ``shape``
+    (R, k1, k2, and the shape's test quality) is copied into every row."""
     from client.grank_client import GRankClient
     from serve.server import TritonServer
 
@@ -145,7 +192,8 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
         rows.append({"stage": "ensemble", "method": name, "protocol": protocol, "N": n_items,
                      "load_kind": r["load_kind"], "load": r["load"], "qps": round(r["qps"], 1),
                      **{p: round(r[p], 2) for p in ("p50_ms", "p95_ms", "p99_ms")},
-                     "models": breakdown.get(r["load"], {}), "command": portable(res["command"])})
+                     "models": breakdown.get(r["load"], {}), **(shape or {}),
+                     "command": portable(res["command"])})
     return rows
 
 

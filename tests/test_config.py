@@ -63,3 +63,18 @@ def test_effective_config_ignores_settings_of_absent_parts():
     assert effective_dict(c) != effective_dict(d)
     e = make_config("tiny", "generator_only", overrides={"train.lr": 0.5})
     assert effective_dict(a) != effective_dict(e)
+
+
+def test_serving_config_changes_only_serving_settings():
+    from grank.config import serving_config
+    cfg = make_config("tiny", "grank")  # max_history 16, ranker_history 32
+    new = serving_config(cfg, {"eval.k1": "40", "model.ranker_history": "16"})
+    assert (new.eval.k1, new.model.ranker_history) == (40, 16) and cfg.eval.k1 == 50
+    with pytest.raises(ValueError, match="model.d_model: not a serving setting"):
+        serving_config(cfg, {"model.d_model": 8})
+    with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[16 .*, 32 \(trained\)\], got 64"):
+        serving_config(cfg, {"model.ranker_history": 64})
+    with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[16"):
+        serving_config(cfg, {"model.ranker_history": 8})
+    with pytest.raises(ValueError, match=r"eval.k2 \(20\) must be <= eval.k1 \(10\)"):
+        serving_config(cfg, {"eval.k1": 10})

@@ -114,3 +114,26 @@ def test_parity_tolerates_tie_swaps_but_not_wrong_ids(tiny_export, tmp_path):
     wrong = a["candidate_ids"].copy()
     wrong[0, 1] = 10 ** 6  # an id no correct top-k contains
     assert check_onnx({MIPS: path}, cfg, {**a, "candidate_ids": wrong})[MIPS]
+
+
+def test_export_serves_the_checkpoints_serve_shape(tiny_trained, ml100k, tmp_path):
+    """A checkpoint's ``serve`` section (grank.config.ServeConfig) sets the exported shape,
+    ``serving`` overrides go on top, and a checkpoint saved before the section existed gets the
+    defaults (the measured 200 x 128 for default-preset models)."""
+    import torch
+
+    from export.build import export_checkpoint
+    from grank.config import Config, ServeConfig
+    _, cfg, out, _ = tiny_trained
+    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    ck["config"]["serve"] = {"k1": 30, "history": 16}
+    torch.save(ck, tmp_path / "served.pt")
+    ex = export_checkpoint(tmp_path / "served.pt", tmp_path / "onnx", users=16, data=ml100k)
+    assert (ex.cfg.eval.k1, ex.cfg.model.ranker_history) == (30, 16) and not any(ex.problems.values())
+    sess = ort.InferenceSession(str(ex.paths[RANKER]), providers=["CPUExecutionProvider"])
+    assert {i.name: i.shape[1] for i in sess.get_inputs()}["history_ids"] == 16
+    ex2 = export_checkpoint(tmp_path / "served.pt", tmp_path / "onnx2", users=16, data=ml100k,
+                            serving={"eval.k1": 40})
+    assert (ex2.cfg.eval.k1, ex2.cfg.model.ranker_history) == (40, 16)
+    del ck["config"]["serve"]  # an older checkpoint
+    assert Config.from_dict(ck["config"]).serve == ServeConfig() == ServeConfig(k1=200, history=128)

@@ -21,7 +21,7 @@ def setup():
     items = centres[rng.integers(0, 30, N)] + rng.standard_normal((N, D)) * 0.5
     table = np.concatenate([np.zeros((1, D)), items]).astype(np.float32)
     cfg = make_config("default", overrides={"model.d_model": D, "eval.k1": K, "eval.k2": 1, "eval.ks": (1,),
-                                            "model.ranker_history": R})
+                                            "model.ranker_history": R, "serve.k1": 0, "serve.history": 0})
     sig = signatures(cfg)[MIPS]
     sess = ort.InferenceSession(int8_mips_model(table, K, sig, tau=0.5).SerializeToString(),
                                 providers=["CPUExecutionProvider"])

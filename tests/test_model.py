@@ -129,3 +129,33 @@ def test_untrained_ranker_keeps_the_generator_order(ml100k):
         cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
         mips = (u[:, None, :] * torch.nn.functional.embedding(cand, m.item_vectors())).sum(-1)
         assert torch.allclose(m.rank(u, ids, rat, cand), mips / cfg.model.tau, atol=1e-5)
+
+
+def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(tiny_trained, ml100k):
+    """Serving R < trained R (``load_checkpoint(serving=...)``) must equal the trained model fed
+    the same newest R items with the older slots padded: the Ranker's recency weights and U's
+    pooled means line up from the newest slot, so nothing is re-learnt or shifted."""
+    import torch
+
+    from grank.batches import eval_inputs
+    from grank.data import split
+    from grank.train import load_checkpoint
+    model, cfg, out, _ = tiny_trained
+    short, scfg, _ = load_checkpoint(out / "best.pt", ml100k, serving={"model.ranker_history": 16})
+    assert scfg.model.ranker_history == 16 and cfg.model.ranker_history == 32
+    sp = split(ml100k)
+    users = sp.users[:64]
+    ids, rat, feats, _, _ = (torch.as_tensor(x) if i < 3 else x
+                             for i, x in enumerate(eval_inputs(sp, users, "test", 32)))
+    assert (ids[:, :16] != 0).any(), "some users must have more than 16 items for this test to bite"
+    cut_ids, cut_rat = ids.clone(), rat.clone()
+    cut_ids[:, :16] = 0
+    cut_rat[:, :16] = 0
+    cand = torch.randint(1, ml100k.n_items + 1, (len(users), 20))
+    with torch.no_grad():
+        u_full = model.encode_users(cut_ids, cut_rat, feats)
+        u_short = short.encode_users(ids[:, 16:], rat[:, 16:], feats)
+        torch.testing.assert_close(u_short, u_full)
+        torch.testing.assert_close(short.rank(u_short, ids[:, 16:], rat[:, 16:], cand),
+                                   model.rank(u_full, cut_ids, cut_rat, cand))
+        assert not torch.allclose(model.encode_users(ids, rat, feats), u_full)  # the cut mattered

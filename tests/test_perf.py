@@ -76,6 +76,11 @@ def test_serving_settings_reach_the_configs_and_bad_ones_are_refused(tiny_reposi
     assert (r / "grank_ranker" / "1" / "model.onnx").exists()
     with pytest.raises(ValueError, match="serving.instances"):
         Serving(instances=-1)
+    r = variant_repository(tiny_repository, tmp_path / "repo2", tiny_cfg, Serving(mips_intra_op_threads=2))
+    assert 'string_value: "2"' in (r / "grank_mips" / "config.pbtxt").read_text()
+    assert 'string_value: "1"' in (r / "grank_ranker" / "config.pbtxt").read_text()
+    with pytest.raises(ValueError, match="serving.mips_intra_op_threads: must be an integer >= 0"):
+        Serving(mips_intra_op_threads=-2)
 
 
 def test_tune_serves_a_variant_and_records_rows(tiny_repository, tiny_cfg, ml100k, tmp_path):
@@ -117,3 +122,21 @@ def test_big_catalogue_graphs_keep_real_ids_and_pass_parity(tiny_trained, ml100k
         # the table as stored ([N+1, d], or folded into [d, N+1] for the MatMul)
         table = [i for i in m.graph.initializer if sorted(i.dims) == sorted([n + 1, cfg.model.d_model])]
         assert table, f"{name}: no {n + 1} x d item table"
+
+
+def test_shape_variant_is_re_exported_with_its_own_shapes_and_quality(tiny_trained, ml100k, tmp_path):
+    """`python -m perf tune --variants history.../k1_...`: a parity-checked export at the new
+    shape, configs and validator limits that say it, and the shape's own test quality."""
+    from grank.evaluate import evaluate_model
+    from grank.data import split
+    from perf.tune import shape_repository
+    model, cfg, out, _ = tiny_trained
+    repo, vcfg, quality = shape_repository(out / "best.pt", "short", {"model.ranker_history": 16, "eval.k1": 30},
+                                           tmp_path, ml100k)
+    assert (vcfg.model.ranker_history, vcfg.eval.k1) == (16, 30)
+    ranker = (repo / "grank_ranker" / "config.pbtxt").read_text()
+    assert "dims: [ 16 ]" in ranker and "dims: [ 30 ]" in ranker, ranker
+    assert json.loads((repo / "grank_validate" / "1" / "limits.json").read_text())["history_length"] == 16
+    base = evaluate_model(model, split(ml100k), "test", cfg.eval, progress=False)
+    assert set(quality) == {"HR@10", "NDCG@10"} and 0 <= quality["HR@10"] <= 1
+    assert quality != {k: round(base[k], 4) for k in quality}  # another shape, its own numbers

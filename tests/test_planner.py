@@ -87,3 +87,12 @@ def test_cli_prints_plan_and_assumptions(tmp_path, capsys):
     assert main(["plan", "--qps", "-1", "--p99-ms", "40", "--items", "10", "--perf", str(f)]) == 2
     assert "--qps" in capsys.readouterr().err
     assert main(["plan", "--qps", "1", "--p99-ms", "40", "--items", "10", "--perf", str(tmp_path / "no.json")]) == 2
+
+
+def test_ensemble_options_name_their_served_shape_and_quality():
+    """Shapes (perf.tune.SHAPES) trade quality for speed: an option must say which it is."""
+    shaped = [{**r, "method": "short", "R": 64, "k1": 500, "HR@10": 0.2954}
+              for r in PERF["rows"] if r["stage"] == "ensemble"]
+    p = plan({**PERF, "rows": PERF["rows"] + shaped}, qps=1000, budget_ms=50, n=3706)
+    assert _one(p["ensemble"], "short (grpc; R 64 x k1 500, test HR@10 0.2954)").unit_qps == 300
+    assert _one(p["ensemble"], "tuned (grpc)")  # rows without a recorded shape keep their name

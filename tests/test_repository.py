@@ -5,10 +5,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.repository import COMMITTED, build, config_drift, model_configs
-from grank.config import make_config
+from grank.config import make_config, served_config
 from grank.signatures import ENSEMBLE, ONNX_MODELS, VALIDATE, signatures
 
-CFG = make_config("default", "grank")
+CFG = served_config(make_config("default", "grank"))  # the shape the repository serves
 DTYPE = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
 
 
@@ -23,7 +23,18 @@ def test_committed_configs_have_not_drifted():
 
 
 def test_the_demo_preset_serves_with_the_committed_configs():
-    assert config_drift(make_config("fast", "grank"), COMMITTED) == []
+    assert config_drift(served_config(make_config("fast", "grank")), COMMITTED) == []
+
+
+def test_the_committed_repository_serves_the_measured_shape():
+    """ServeConfig: 200 candidates over the newest 128 history items (docs/PERFORMANCE.md), not
+    the trained 500 over 256; the committed configs say so."""
+    trained = make_config("default", "grank")
+    assert (trained.eval.k1, trained.model.ranker_history) == (500, 256)
+    assert (CFG.eval.k1, CFG.model.ranker_history) == (200, 128)
+    ranker = parse((COMMITTED / "grank_ranker" / "config.pbtxt").read_text())
+    assert {t.name: list(t.dims) for t in ranker.input}["candidate_ids"] == [200]
+    assert {t.name: list(t.dims) for t in ranker.input}["history_ids"] == [128]
 
 
 @pytest.mark.parametrize("name", list(model_configs(CFG)))

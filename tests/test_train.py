@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import grank.train as T
-from grank.config import make_config
+from grank.config import apply_overrides, make_config
 from grank.data import split
 from grank.evaluate import evaluate_model, evaluate_popularity, recommend
 from grank.mips import seen_mask
@@ -208,3 +208,25 @@ def test_training_on_a_gpu_gives_a_checkpoint_that_loads_on_the_cpu(ml100k, tiny
     assert next(model.parameters()).device.type == "cpu"
     res = evaluate_model(model, split(ml100k, cfg.train.max_users), "val", cfg.eval, progress=False)
     assert res["HR@10"] > 0
+
+
+def test_ranker_slots_train_the_ranker_at_older_slots_too(ml100k, tiny_cfg):
+    """train.ranker_slots=K: L_CA over K slots per window (more, harder Ranker examples);
+    bad values name the field."""
+    sp = split(ml100k, tiny_cfg.train.max_users)
+    users, ends = epoch_samples(sp, tiny_cfg.model.max_history, np.random.default_rng(0))
+    out = {}
+    for k in (1, 4):
+        cfg = apply_overrides(tiny_cfg, {"train.ranker_slots": k})
+        torch.manual_seed(0)
+        model = T.build_model(cfg, ml100k)
+        batch = T.make_batch(ml100k, users[:32], ends[:32], cfg)
+        out[k] = T.losses(model, batch, cfg)
+        out[k]["ca"].backward()
+        assert model.ranker.head[-1].weight.grad.abs().sum() > 0
+    assert torch.isfinite(out[4]["ca"]) and out[4]["ca"] != out[1]["ca"]
+    assert out[4]["ntp"] == out[1]["ntp"]  # the Generator's losses are untouched
+    with pytest.raises(ValueError, match=r"train.ranker_slots \(9\) must be in \[1, train.ntp_positions \(8\)\]"):
+        apply_overrides(tiny_cfg, {"train.ranker_slots": 9})
+    with pytest.raises(ValueError, match="train.ranker_holdout trains L_CA on the newest slot only"):
+        apply_overrides(tiny_cfg, {"train.ranker_slots": 2, "train.ranker_holdout": True})
