@@ -148,16 +148,20 @@ def from_partial(checkpoint, partial: Path) -> dict:
 
 
 def write(res: dict, docs: Path, command: str, note: str = "") -> Path:
-    """Merge the MIPS rows into docs/performance.json: rows of the (method, N) pairs this run
-    measured replace the old ones; other stages, other catalogue sizes and GPU rows (tagged
-    with their device, from another machine) are kept. Each run is listed under ``mips_runs``
-    with its command, date and the machine rates it measured."""
+    """Merge the MIPS rows into docs/performance.json: timing rows of the (method, N, k) triples
+    this run measured replace the old ones (a run at k = 2000 keeps the k = 500 rows of the same
+    method and size), its per-catalogue rows (freshness, skipped builds) those of the same
+    (method, N); other stages, sizes and k, and GPU rows (tagged with their device, from
+    another machine) are kept. Each run is listed under ``mips_runs`` with its command, date and
+    the machine rates it measured."""
     docs.mkdir(parents=True, exist_ok=True)
     p = docs / "performance.json"
     old = json.loads(p.read_text()) if p.exists() else {"rows": []}
-    measured = {(r["method"], r["N"]) for r in res["rows"]}
+    def key(r):  # timing rows are per k; freshness and skipped builds are per catalogue
+        return (r["method"], r["N"], r.get("k") if r["stage"] in ("mips", "mips_unreached") else None)
+    measured = {key(r) for r in res["rows"]}
     keep = [r for r in old.get("rows", []) if not r["stage"].startswith("mips") or r.get("device")
-            or (r["method"], r["N"]) not in measured]
+            or key(r) not in measured]
     sizes = sorted({r["N"] for r in res["rows"]})
     run_id = max((r.get("id", 0) for r in old.get("mips_runs", [])), default=-1) + 1
     rows = keep + [{**r, "run": run_id} for r in res["rows"]]

@@ -94,7 +94,7 @@ def _res(rows, bw=20.0):
 
 def test_runs_merge_by_method_and_catalogue(tmp_path):
     """A later run at 5M adds its rows next to an earlier run's 1M rows; a rerun of the same
-    (method, N) replaces them; GPU rows and other stages are kept; every run is listed."""
+    (method, N, k) replaces them; GPU rows and other stages are kept; every run is listed."""
     import json
 
     from perf.mips_bench import write
@@ -111,6 +111,17 @@ def test_runs_merge_by_method_and_catalogue(tmp_path):
     assert any(x.get("device") for x in d["rows"]) and any(x["stage"] == "ensemble" for x in d["rows"])
     assert [x["command"] for x in d["mips_runs"]] == ["run A", "run B", "run C"]
     assert d["mips_runs"][1]["note"] == "5M only" and d["mips_runs"][1]["read_bandwidth_gbs"] == 21.0
+    # a later run at another k for the same method and size adds rows, it does not replace k = 500
+    # a later run at another k for the same method and size adds timing rows, it does not replace
+    # k = 500; its freshness row (per catalogue) replaces the older one
+    fresh = lambda k, s: {"stage": "mips_freshness", "method": "grank_mips", "N": 5 * 10**6, "k": k,  # noqa: E731
+                          "new_version_s": s}
+    write(_res([fresh(500, 50.0)]), tmp_path, "run D")
+    write(_res([{**r("grank_mips", 5 * 10**6, 5.0), "k": 2000}, fresh(2000, 60.0)]), tmp_path, "run E")
+    d = json.loads(p.read_text())
+    mine = [x for x in d["rows"] if x.get("method") == "grank_mips" and x["N"] == 5 * 10**6]
+    assert sorted((x["k"], x["qps"]) for x in mine if x["stage"] == "mips") == [(500, 3.0), (2000, 5.0)]
+    assert [x["new_version_s"] for x in mine if x["stage"] == "mips_freshness"] == [60.0]
 
 
 def test_reading_computes_the_bars_from_the_rows():
