@@ -260,13 +260,12 @@ SERVING_KEYS = ("eval.k1", "eval.k2", "eval.ks", "model.ranker_history", "serve.
 
 def served_config(cfg: Config, overrides: dict[str, Any] | None = None) -> Config:
     """``cfg`` as the model repository serves it: ``cfg.serve``'s shape, then ``overrides``."""
-    shape = {}
-    if cfg.serve.k1:
-        shape["eval.k1"] = cfg.serve.k1
-    if cfg.serve.history:
-        shape["model.ranker_history"] = cfg.serve.history
+    overrides = dict(overrides or {})
+    k1 = int(overrides.pop("serve.k1", cfg.serve.k1))  # --set serve.k1=... changes the served shape too
+    history = int(overrides.pop("serve.history", cfg.serve.history))
+    shape = {**({"eval.k1": k1} if k1 else {}), **({"model.ranker_history": history} if history else {})}
     # the result serves exactly its own eval.k1 / model.ranker_history: nothing left to apply
-    return serving_config(cfg, {**shape, **(overrides or {}), "serve.k1": 0, "serve.history": 0})
+    return serving_config(cfg, {**shape, **overrides, "serve.k1": 0, "serve.history": 0})
 
 
 def serving_config(cfg: Config, overrides: dict[str, Any]) -> Config:

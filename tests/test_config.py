@@ -78,3 +78,14 @@ def test_serving_config_changes_only_serving_settings():
         serving_config(cfg, {"model.ranker_history": 8})
     with pytest.raises(ValueError, match=r"eval.k2 \(20\) must be <= eval.k1 \(10\)"):
         serving_config(cfg, {"eval.k1": 10})
+
+
+def test_served_config_applies_the_serve_section_and_overrides_on_top():
+    from grank.config import served_config
+    cfg = make_config("default")
+    assert (served_config(cfg).eval.k1, served_config(cfg).model.ranker_history) == (200, 128)
+    assert served_config(cfg, {"serve.k1": "300"}).eval.k1 == 300  # a serve.* override is honoured
+    assert served_config(cfg, {"serve.history": 0}).model.ranker_history == 256  # 0 = the trained one
+    assert served_config(cfg, {"eval.k1": 1000}).eval.k1 == 1000
+    with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[64"):
+        served_config(cfg, {"serve.history": 32})
