@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from grank.__main__ import overrides
-from grank.config import make_config, served_config
+from grank.config import make_config, parse_override, served_config
 
 
 def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | None = None):
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
         p.add_argument("--out", default="artifacts/export", help="folder for the ONNX files")
         p.add_argument("--users", type=int, default=64, help="real users in the parity check")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+        p.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="serve with another eval.k1 / eval.k2 / eval.ks or a shorter "
                             "model.ranker_history than the checkpoint's (repeatable; build such a "
                             "repository into another --repository)")
@@ -60,10 +59,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     if a.cmd == "onnx":
-        _export(a.checkpoint, Path(a.out), a.users, a.seed, overrides(a.set))
+        _export(a.checkpoint, Path(a.out), a.users, a.seed, dict(a.set or ()))
     elif a.cmd == "repository":
         from .build import build_repository
-        ex = _export(a.checkpoint, Path(a.out), a.users, a.seed, overrides(a.set))
+        ex = _export(a.checkpoint, Path(a.out), a.users, a.seed, dict(a.set or ()))
         try:
             repo = build_repository(ex, a.repository, a.version, a.force)
         except ValueError as e:

@@ -7,19 +7,8 @@ import shlex
 import sys
 import time
 
-from .config import PRESETS, VARIANTS, make_config
+from .config import PRESETS, VARIANTS, make_config, parse_override
 from .data import DATASETS
-
-
-def overrides(pairs) -> dict[str, str]:
-    """Repeated ``--set KEY=VALUE`` arguments -> {key: value string} (typed by the config)."""
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise SystemExit(f"--set expects key=value (e.g. model.d_model=32), got {p!r}")
-        k, v = p.split("=", 1)
-        out[k] = v
-    return out
 
 
 def main(argv=None) -> int:
@@ -32,7 +21,7 @@ def main(argv=None) -> int:
             p.add_argument("--variant", default="grank", choices=sorted(VARIANTS),
                            help="results row / ablation to train")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+        p.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="config override, repeatable (e.g. --set train.epochs=3)")
 
     p = sub.add_parser("data", help="preprocess a dataset into the cache and print its stats")
@@ -57,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--served", action="store_true",
                    help="at the shape the model repository serves (the config's serve.k1 / serve.history) "
                         "instead of the trained eval.k1 / model.ranker_history")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                    help="serve the checkpoint with another eval.k1, eval.k2, eval.ks or a shorter "
                         "model.ranker_history (repeatable)")
     for name in ("results", "demo"):
@@ -83,14 +72,14 @@ def main(argv=None) -> int:
     if a.cmd == "train":
         from .data import load
         from .train import train
-        cfg = make_config(a.preset, a.variant, a.seed, overrides(a.set))
+        cfg = make_config(a.preset, a.variant, a.seed, dict(a.set or ()))
         s = train(cfg, load(cfg.dataset), a.out, resume=not a.no_resume, threads=a.threads, device=a.device)
         print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
         return 0
     if a.cmd == "speed":
         from .data import load
         from .train import measure_speed
-        cfg = make_config(a.preset, a.variant, a.seed, overrides(a.set))
+        cfg = make_config(a.preset, a.variant, a.seed, dict(a.set or ()))
         print(json.dumps(measure_speed(cfg, load(cfg.dataset), a.steps, threads=a.threads)))
         return 0
     if a.cmd == "evaluate":
@@ -98,7 +87,7 @@ def main(argv=None) -> int:
         from .evaluate import evaluate_model
         from .train import load_checkpoint
         try:
-            model, cfg, _ = load_checkpoint(a.checkpoint, serving=overrides(a.set), served=a.served)
+            model, cfg, _ = load_checkpoint(a.checkpoint, serving=dict(a.set or ()), served=a.served)
         except ValueError as e:
             raise SystemExit(f"error: --set: {e}")
         res = evaluate_model(model, split(load(cfg.dataset)), a.stage, cfg.eval, filtered=not a.unfiltered)
@@ -107,7 +96,7 @@ def main(argv=None) -> int:
     from .report import ROWS, markdown, results
     rows = tuple(a.rows.split(",")) if a.rows else (ROWS if a.cmd == "results" else ("grank", "popularity"))
     cmd = "python -m grank " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    res = results(a.preset, a.seed, a.artifacts, rows, overrides(a.set), a.retrain, a.docs, cmd,
+    res = results(a.preset, a.seed, a.artifacts, rows, dict(a.set or ()), a.retrain, a.docs, cmd,
                   a.note)
     print(markdown(res))
     return 0

@@ -282,6 +282,16 @@ def serving_config(cfg: Config, overrides: dict[str, Any]) -> Config:
     return new
 
 
+def parse_override(text: str) -> tuple[str, str]:
+    """One ``--set KEY=VALUE`` command-line argument (an argparse ``type``); the value stays a
+    string until ``apply_overrides`` types it by the config field."""
+    import argparse
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expects key=value (e.g. model.d_model=32), got {text!r}")
+    key, value = text.split("=", 1)
+    return key, value
+
+
 def make_config(preset: str = "default", variant: str = "grank", seed: int = 0,
                 overrides: dict[str, Any] | None = None) -> Config:
     """Build a config from a preset name, a variant (results row) and dotted overrides."""
