@@ -138,7 +138,7 @@ def _tune(a) -> int:
         else:
             r, vcfg = variant_repository(repo, out / name / "repository", cfg, VARIANTS[v], models), cfg
             quality = {}
-            if v == "default" and not a.items:  # the baseline of the shapes (about a minute)
+            if v == "default" and not a.items and not a.request_rate:  # the shapes' baseline (~1 min)
                 from grank.train import load_checkpoint
                 quality = shape_quality(load_checkpoint(a.checkpoint, data, served=True)[0], cfg, data)
         shape = {"R": vcfg.model.ranker_history, "k1": vcfg.eval.k1, "k2": vcfg.eval.k2, **quality}
