@@ -43,15 +43,49 @@ def quantize_table(table: np.ndarray, qmax: int = ITEM_QMAX) -> tuple[np.ndarray
     return np.clip(np.round(table / scale), -qmax, qmax).astype(np.int8), scale
 
 
+def block_top_k_nodes(x: str, k: str, k_value: int, block: int, n_cols: int, values: str,
+                      ids: str, c: dict) -> list:
+    """ONNX nodes of ``grank.mips.block_top_k`` (strided groups, the same exact two steps) over
+    ``x`` [B, n_cols] with n_cols a multiple of ``block``: ``values`` [B, k] descending and
+    ``ids`` [B, k] int64 column ids. Adds its constants to ``c``."""
+    nb = n_cols // block
+    c.update({f"{x}_grp_shape": np.array([-1, block, nb], np.int64),
+              f"{x}_cand_shape": np.array([-1, block * k_value], np.int64),
+              f"{x}_nb": np.array(nb, np.int64), f"{x}_kv": np.array(k_value, np.int64),
+              f"{x}_block": np.array([1, block, 1], np.int64)})
+    return [
+        h.make_node("Reshape", [x, f"{x}_grp_shape"], [f"{x}_grp"]),               # [B, block, nb]
+        h.make_node("ReduceMax", [f"{x}_grp"], [f"{x}_gmax"], axes=[1], keepdims=0),  # [B, nb]
+        h.make_node("TopK", [f"{x}_gmax", k], [f"{x}_gtop_v", f"{x}_gtop"], axis=1),  # [B, k]
+        h.make_node("Unsqueeze", [f"{x}_gtop", "axis1"], [f"{x}_gtop3"]),          # [B, 1, k]
+        h.make_node("Tile", [f"{x}_gtop3", f"{x}_block"], [f"{x}_gidx"]),          # [B, block, k]
+        h.make_node("GatherElements", [f"{x}_grp", f"{x}_gidx"], [f"{x}_cand3"], axis=2),
+        h.make_node("Reshape", [f"{x}_cand3", f"{x}_cand_shape"], [f"{x}_cand"]),  # [B, block k]
+        h.make_node("TopK", [f"{x}_cand", k], [values, f"{x}_pos"], axis=1),
+        h.make_node("Div", [f"{x}_pos", f"{x}_kv"], [f"{x}_t"]),                   # member t
+        h.make_node("Mod", [f"{x}_pos", f"{x}_kv"], [f"{x}_i"]),                   # chosen group i
+        h.make_node("GatherElements", [f"{x}_gtop", f"{x}_i"], [f"{x}_g"], axis=1),
+        h.make_node("Mul", [f"{x}_t", f"{x}_nb"], [f"{x}_off"]),
+        h.make_node("Add", [f"{x}_off", f"{x}_g"], [ids]),                          # t nb + g
+    ]
+
+
 def int8_mips_model(item_vectors: np.ndarray, k: int, sig: Signature, tau: float = 1.0,
-                    rescore: int | None = None) -> onnx.ModelProto:
+                    rescore: int | None = None, block: int = 0) -> onnx.ModelProto:
     """item_vectors [N+1, d] float32 (row 0 padding) -> the int8-scan + fp32-rescore graph
-    with ``sig``'s tensor names. ``rescore``: short-list length, default 2k (capped at N)."""
+    with ``sig``'s tensor names. ``rescore``: short-list length, default 2k (capped at N).
+    ``block`` > 0: the scan's top-k in the two exact steps of ``grank.mips.block_top_k`` (both
+    tables then get zero rows up to a multiple of it, excluded like the padding row). Off by
+    default: unlike the fp32 module's, this graph's top-k (int32 scores, a 2k short list) did not
+    get faster with it (`python -m perf.mips_graph_ab --graphs int8 int8_block`, N = 1M, k = 500:
+    the same at batch 1, 2 to 18% slower at batch 16; docs/SERVING.md)."""
     n = item_vectors.shape[0] - 1
     rescore = min(n, rescore or 2 * k)
     if not 1 <= k <= rescore:
         raise ValueError(f"k: must be in [1, rescore={rescore}], got {k}")
-    table = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    pad = (-(n + 1)) % block if block else 0
+    table = np.ascontiguousarray(np.concatenate(
+        [item_vectors, np.zeros((pad, item_vectors.shape[1]), item_vectors.dtype)]), dtype=np.float32)
     q, _ = quantize_table(table)
     (user, hist), (ids, scores) = [t.name for t in sig.inputs], [t.name for t in sig.outputs]
     d, R = table.shape[1], sig.inputs[1].dims[0]
@@ -64,6 +98,8 @@ def int8_mips_model(item_vectors: np.ndarray, k: int, sig: Signature, tau: float
          "zero": np.array(0, np.int64), "start0": np.array([0], np.int64), "n_short": np.array([rescore], np.int64),
          "k": np.array([k], np.int64), "axis1": np.array([1], np.int64),
          "axis_last": np.array([-1], np.int64)}
+    if pad:
+        c["pad_ids"] = np.arange(n + 1, n + 1 + pad, dtype=np.int64)[None, :]
     nodes = [
         h.make_node("Mul", [user, "inv_tau"], ["u"]),
         # per-user symmetric 8-bit (not DynamicQuantizeLinear's one scale per batch: a user's
@@ -82,14 +118,25 @@ def int8_mips_model(item_vectors: np.ndarray, k: int, sig: Signature, tau: float
         # one scale for the whole table and one per user: positive factors that cannot change
         # a row's order, so the int32 sums are ranked as they are (no [B, N+1] float pass)
         h.make_node("Identity", ["acc"], ["approx"]),
-        # padding column 0 and the history in ONE scatter, as in grank.mips.mips_scores
+        # padding column 0, the history (and the block padding rows) in ONE scatter, as in
+        # grank.mips.mips_scores
         h.make_node("Slice", [hist, "start0", "axis1", "axis1"], ["first_col"]),   # [B, 1]
         h.make_node("Mul", ["first_col", "zero"], ["pad_col"]),                     # zeros [B, 1]
-        h.make_node("Concat", ["pad_col", hist], ["drop"], axis=1),
+    ]
+    if pad:
+        nodes += [h.make_node("Mul", ["pad_col", "pad_ids"], ["_pad_zeros"]),     # [B, pad] zeros
+                  h.make_node("Add", ["_pad_zeros", "pad_ids"], ["pad_rows"]),    # [B, pad] ids
+                  h.make_node("Concat", ["pad_col", hist, "pad_rows"], ["drop"], axis=1)]
+    else:
+        nodes.append(h.make_node("Concat", ["pad_col", hist], ["drop"], axis=1))
+    nodes += [
         h.make_node("Shape", ["drop"], ["drop_shape"]),
         h.make_node("Expand", ["int_min", "drop_shape"], ["drop_val"]),
         h.make_node("ScatterElements", ["approx", "drop", "drop_val"], ["masked"], axis=1),
-        h.make_node("TopK", ["masked", "n_short"], ["_approx_top", "short"], axis=1),
+    ]
+    nodes += (block_top_k_nodes("masked", "n_short", rescore, block, n + 1 + pad, "_approx_top", "short", c)
+              if block else [h.make_node("TopK", ["masked", "n_short"], ["_approx_top", "short"], axis=1)])
+    nodes += [
         h.make_node("Gather", ["item_vectors", "short"], ["rows"], axis=0),      # [B, S, d]
         h.make_node("Unsqueeze", ["u", "axis1"], ["u3"]),                          # [B, 1, d]
         h.make_node("Mul", ["rows", "u3"], ["prod"]),
@@ -106,5 +153,5 @@ def int8_mips_model(item_vectors: np.ndarray, k: int, sig: Signature, tau: float
     g = h.make_graph(nodes, "grank_mips_int8", vi[:2], vi[2:], [nh.from_array(v, kk) for kk, v in c.items()])
     m = h.make_model(g, opset_imports=[h.make_opsetid("", OPSET)], producer_name="grank.export.mips_int8")
     m.doc_string = (f"GRank MIPS, int8 scan of {n} items + exact fp32 re-score of the top {rescore}; "
-                    f"k={k}, d={d}, history {R}")
+                    f"k={k}, d={d}, history {R}" + (f"; scan top-k in groups of {block}" if block else ""))
     return m

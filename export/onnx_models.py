@@ -22,7 +22,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from grank.mips import mips_top_k
+from grank.mips import block_size, mips_top_k, pad_table
 from grank.model import GRank
 from grank.signatures import MIPS, RANKER, USER_ENCODER, Signature, signatures
 
@@ -45,17 +45,22 @@ class UserEncoder(nn.Module):
 class MipsTopK(nn.Module):
     """user_embedding [B, d], history_ids [B, R] -> candidate ids [B, k1] int64 and scores
     [B, k1] float32: brute-force inner products over the whole catalogue, the padding row and
-    the items of the history excluded (-inf), then TopK. ``item_vectors``: [N+1, d] float32
-    with row 0 = padding (the model's table, or a synthetic one for benchmarks)."""
+    the items of the history excluded (-inf), then the top-k. ``item_vectors``: [N+1, d]
+    float32 with row 0 = padding (the model's table, or a synthetic one for benchmarks).
+    Large catalogues take the exact two-step top-k of ``grank.mips.block_top_k`` (``block``:
+    None picks ``grank.mips.block_size``, 0 forces one TopK); their stored table gets up to
+    block - 1 zero rows, never returned."""
 
-    def __init__(self, item_vectors: torch.Tensor, k: int, tau: float = 1.0):
+    def __init__(self, item_vectors: torch.Tensor, k: int, tau: float = 1.0, block: int | None = None):
         super().__init__()
         self.k, self.tau = k, tau
-        self.register_buffer("item_vectors", item_vectors.detach().clone())
+        self.block = block_size(item_vectors.shape[0], k) if block is None else block
+        table, self.pad_rows = pad_table(item_vectors.detach(), self.block)
+        self.register_buffer("item_vectors", table.clone())
 
     def forward(self, user_embedding, history_ids):
         scores, ids = mips_top_k(user_embedding, self.item_vectors, self.k, self.tau,
-                                 exclude_ids=history_ids)
+                                 exclude_ids=history_ids, block=self.block, pad_rows=self.pad_rows)
         return ids, scores
 
 

@@ -12,7 +12,10 @@ this benchmark measures, in one run on one device:
   bytes to stream), scores in that precision, top-k taken directly (recall reported as is);
 - ``torch_cuda_fp16_rescore`` / ``torch_cuda_bf16_rescore``: the paper's "quantise the item
   embeddings directly" with a safety net: a short list of ``RESCORE_FACTOR * k`` from the half
-  table is re-scored exactly against the fp32 vectors of just those items, then cut to k.
+  table is re-scored exactly against the fp32 vectors of just those items, then cut to k;
+- ``*_block``: the same with the exact two-step top-k the served CPU module uses
+  (``grank.mips.block_top_k``: block maxima, the top k blocks, the top k of their scores) in
+  place of one ``torch.topk`` over each B x N score row, where the catalogue has enough blocks.
 
 Catalogues have the trained model's geometry: the Gaussian mixture of ``perf.geometry`` fitted
 to the trained item vectors, sampled on the device (per component: mean + z @ chol^T). Queries
@@ -36,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grank.mips import BLOCK, block_size, block_top_k
+
 from .geometry import fit_mixture
 from .mips_methods import latency
 
@@ -45,6 +50,16 @@ BATCHES = (1, 16, 64, 256)
 RESCORE_FACTOR = 2            # short list = 2k half-precision candidates, re-scored in fp32
 MAX_SCORE_ELEMS = 1 << 30     # score matrix chunked over items beyond this many entries
 RECALL_QUERIES = 256
+# name -> (table precision, exact fp32 re-score of a short list, two-step block top-k)
+METHODS = {"torch_cuda_fp32": (torch.float32, False, False),
+           "torch_cuda_fp16": (torch.float16, False, False),
+           "torch_cuda_fp16_rescore": (torch.float16, True, False),
+           "torch_cuda_bf16": (torch.bfloat16, False, False),
+           "torch_cuda_bf16_rescore": (torch.bfloat16, True, False),
+           "torch_cuda_fp32_block": (torch.float32, False, True),
+           "torch_cuda_fp16_block": (torch.float16, False, True),
+           "torch_cuda_fp16_rescore_block": (torch.float16, True, True)}
+PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def sample_torch(mix: dict, n: int, device, seed: int = 0) -> torch.Tensor:
@@ -65,16 +80,24 @@ def sample_torch(mix: dict, n: int, device, seed: int = 0) -> torch.Tensor:
     return out[torch.randperm(n, generator=g, device=device)]
 
 
-def topk_chunked(q: torch.Tensor, table: torch.Tensor, k: int):
+def row_top_k(scores: torch.Tensor, k: int, block: bool = False):
+    """Top-k of each row of scores [B, M]; ``block``: the two-step ``block_top_k`` where the
+    row is a whole number of blocks and has enough of them (else one ``topk``)."""
+    if block and scores.shape[1] % BLOCK == 0 and block_size(scores.shape[1], k):
+        return block_top_k(scores, k, BLOCK)
+    return scores.topk(k, dim=1)
+
+
+def topk_chunked(q: torch.Tensor, table: torch.Tensor, k: int, block: bool = False):
     """Top-k of q @ table.T ([B, d] x [N, d]) without materialising more than MAX_SCORE_ELEMS
     scores: per-chunk top-k, then the top-k of the survivors. Returns (scores, ids) [B, k]."""
     B, N = q.shape[0], table.shape[0]
-    chunk = max(k, MAX_SCORE_ELEMS // max(B, 1))
+    chunk = max(k, MAX_SCORE_ELEMS // max(B, 1)) // BLOCK * BLOCK  # whole blocks per chunk
     if chunk >= N:
-        return (q @ table.T).topk(k, dim=1)
+        return row_top_k(q @ table.T, k, block)
     vals, ids = [], []
     for s in range(0, N, chunk):
-        v, i = (q @ table[s:s + chunk].T).topk(min(k, min(chunk, N - s)), dim=1)
+        v, i = row_top_k(q @ table[s:s + chunk].T, min(k, min(chunk, N - s)), block)
         vals.append(v)
         ids.append(i + s)
     v, pos = torch.cat(vals, 1).topk(k, dim=1)
@@ -82,16 +105,18 @@ def topk_chunked(q: torch.Tensor, table: torch.Tensor, k: int):
 
 
 class Method:
-    def __init__(self, name: str, table32: torch.Tensor, dtype=torch.float32, rescore: bool = False):
-        self.name, self.dtype, self.rescore = name, dtype, rescore
+    def __init__(self, name: str, table32: torch.Tensor, dtype=torch.float32, rescore: bool = False,
+                 block: bool = False):
+        self.name, self.dtype, self.rescore, self.block = name, dtype, rescore, block
         self.table32 = table32
         self.table = table32 if dtype == torch.float32 else table32.to(dtype)
         self.table_bytes = self.table.numel() * self.table.element_size()
 
     def search(self, q32: torch.Tensor, k: int) -> torch.Tensor:
         if not self.rescore:
-            return topk_chunked(q32.to(self.dtype), self.table, k)[1]
-        short = topk_chunked(q32.to(self.dtype), self.table, min(RESCORE_FACTOR * k, self.table.shape[0]))[1]
+            return topk_chunked(q32.to(self.dtype), self.table, k, self.block)[1]
+        short = topk_chunked(q32.to(self.dtype), self.table, min(RESCORE_FACTOR * k, self.table.shape[0]),
+                             self.block)[1]
         exact = torch.einsum("bd,bkd->bk", q32, self.table32[short])  # [B, 2k] fp32
         return short.gather(1, exact.topk(k, dim=1).indices)
 
@@ -154,7 +179,10 @@ def recall(got: torch.Tensor, exact: torch.Tensor) -> float:
     return float((e.gather(1, pos) == got).float().sum(1).div(exact.shape[1]).mean())
 
 
-def run(vectors: Path, sizes=SIZES, ks=KS, batches=BATCHES, seconds: float = 0.5, log=print) -> dict:
+def run(vectors: Path, sizes=SIZES, ks=KS, batches=BATCHES, seconds: float = 0.5, log=print,
+        methods=tuple(METHODS), partial: Path | None = None) -> dict:
+    """Every (N, k, method, batch) point; ``partial``: the result so far is rewritten there
+    after each N (a run stopped by a time limit keeps its finished sizes)."""
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: the exact reference
     v = np.load(vectors)
     items_real, users = v["items"], v["users"]
@@ -173,17 +201,14 @@ def run(vectors: Path, sizes=SIZES, ks=KS, batches=BATCHES, seconds: float = 0.5
         table = (torch.from_numpy(items_real).cuda() if n == len(items_real) else sample_torch(mix, n, "cuda"))
         torch.cuda.synchronize()
         log(f"N={n}: sampled in {time.perf_counter() - t:.1f} s")
-        specs = [("torch_cuda_fp32", torch.float32, False, "fp32"),
-                 ("torch_cuda_fp16", torch.float16, False, "fp16"),
-                 ("torch_cuda_fp16_rescore", torch.float16, True, "fp16"),
-                 ("torch_cuda_bf16", torch.bfloat16, False, "bf16"),
-                 ("torch_cuda_bf16_rescore", torch.bfloat16, True, "bf16")]
         for k in ks:
             if k > n:
                 continue
             exact = topk_chunked(rq, table, k)[1]
-            for name, dtype, rescore, prec in specs:
-                m = Method(name, table, dtype, rescore)
+            for name in methods:
+                dtype, rescore, block = METHODS[name]
+                prec = PRECISION[dtype]
+                m = Method(name, table, dtype, rescore, block)
                 r = recall(m.search(rq, k), exact)
                 for b in batches:
                     tm = timed(m, users_host, b, k, seconds)
@@ -200,9 +225,15 @@ def run(vectors: Path, sizes=SIZES, ks=KS, batches=BATCHES, seconds: float = 0.5
                 del m
         del table
         torch.cuda.empty_cache()
+        if partial is not None:
+            partial.write_text(json.dumps(result(dev, bw, rates, rows), indent=1))
+    return result(dev, bw, rates, rows)
+
+
+def result(dev: str, bw: float, rates: dict, rows: list) -> dict:
     return {"device": dev, "date": date.today().isoformat(), "copy_bandwidth_gbs": round(bw, 1),
             "gemm_tflops": {a: round(b, 1) for a, b in rates.items()}, "rescore_factor": RESCORE_FACTOR,
-            "torch": torch.__version__, "rows": rows}
+            "block": BLOCK, "torch": torch.__version__, "rows": rows}
 
 
 def write(res: dict, docs: Path) -> Path:
@@ -230,6 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vectors", default="artifacts/vectors.npz", help="items + users npz")
     ap.add_argument("--dump-vectors", metavar="CHECKPOINT", help="write --vectors from a checkpoint and exit")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--seconds", type=float, default=0.5, help="timing window per point")
     ap.add_argument("--out", default="artifacts/gpu-mips")
     ap.add_argument("--merge", metavar="GPU_MIPS_JSON",
@@ -252,10 +284,15 @@ def main(argv=None) -> int:
         print("error: no CUDA device: this benchmark only runs on a GPU (CPU numbers: python -m perf bench)",
               file=sys.stderr)
         return 2
-    res = run(Path(a.vectors), tuple(int(s) for s in a.sizes.split(",")), seconds=a.seconds)
-    res["command"] = "python -m perf.gpu_mips " + " ".join(argv if argv is not None else sys.argv[1:])
+    methods = tuple(a.methods.split(","))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    res = run(Path(a.vectors), tuple(int(s) for s in a.sizes.split(",")), seconds=a.seconds,
+              methods=methods, partial=out / "gpu_mips.partial.json")
+    res["command"] = "python -m perf.gpu_mips " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "gpu_mips.json").write_text(json.dumps(res, indent=1))
     print(f"wrote {out / 'gpu_mips.json'}")
     return 0

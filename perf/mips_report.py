@@ -110,15 +110,26 @@ def _gpu_reading(rows, budget_ms: float = 10.0) -> list[str]:
         fl = [r["p50_over_floor"] for r in big if r["batch"] == b]
         if fl:
             out.append(f"- batch {b}, N >= 5M: p50 is {min(fl):.1f} to {max(fl):.1f} times the floor.")
+    pairs = [(m[:-len("_block")], m) for m in dict.fromkeys(r["method"] for r in rows) if m.endswith("_block")]
+    for plain, blocked in pairs:
+        sp = {b: [at[(plain, n, b)]["p50_ms"] / at[(blocked, n, b)]["p50_ms"] for n in {r["N"] for r in big}
+                  if (plain, n, b) in at and (blocked, n, b) in at] for b in bs}
+        if any(sp.values()):
+            out.append(f"- {blocked} (the two-step top-k of `grank.mips.block_top_k`) vs {plain} (one "
+                       "`torch.topk`), N >= 5M: " + ", ".join(f"{min(v):.1f}-{max(v):.1f}x at batch {b}"
+                                                             for b, v in sp.items() if v) + ".")
     for b in (bs[0], bs[len(bs) // 2]):
         fits = {m: max((r["N"] for r in rows if r["method"] == m and r["k"] == k0 and r["batch"] == b
                         and r["p50_ms"] <= budget_ms), default=None)
-                for m in ("torch_cuda_fp32", "torch_cuda_fp16_rescore")}
+                for m in ("torch_cuda_fp32", "torch_cuda_fp16_rescore", "torch_cuda_fp32_block",
+                          "torch_cuda_fp16_rescore_block") if any(r["method"] == m for r in rows)}
         out.append(f"- largest measured N with p50 <= {budget_ms:g} ms at batch {b}: " +
                    ", ".join(f"{m} {n:,}" if n else f"{m} none" for m, n in fits.items()) + ".")
     out.append("- At large batches the floor is the GEMM at the table's rate (740+ TFLOP/s in half "
-               "precision), and the time goes to `torch.topk` over the B x N score matrix (timed apart in "
-               "[GPU_TOPK.md](GPU_TOPK.md)): a fused score + top-k kernel is the next lever there.")
+               "precision), and one `torch.topk` over the B x N score matrix takes most of the time (timed "
+               "apart in [GPU_TOPK.md](GPU_TOPK.md)); the two-step top-k removes most of that, and what is "
+               "left is the score matrix's trip through memory: a fused score + top-k kernel that never "
+               "writes it is the next lever.")
     return out
 
 
@@ -216,7 +227,11 @@ def gpu_markdown(perf: dict, docs: Path) -> list[str]:
                   "Latency is host to host: the query batch is copied in from pinned memory and the ids "
                   "back. Catalogues: the same mixture as the CPU runs, sampled on the device. "
                   f"`*_rescore`: top {g['rescore_factor']}·k from the half-precision table, re-scored "
-                  "in fp32, cut to k. Recall@k against the fp32 top-k of 256 real users.", ""]
+                  "in fp32, cut to k. " + (f"`*_block`: the same with the top-k in the two exact steps of "
+                                           f"`grank.mips.block_top_k` (maxima of {g['block']} strided groups, the "
+                                           "top k groups, the top k of their scores) instead of one `torch.topk`. "
+                                           if g.get("block") else "") +
+                  "Recall@k against the fp32 top-k of 256 real users.", ""]
         lines += _gpu_reading(rows) + [""]
         for k in sorted({r["k"] for r in rows}):
             bs = sorted({r["batch"] for r in rows})

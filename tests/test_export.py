@@ -137,3 +137,23 @@ def test_export_serves_the_checkpoints_serve_shape(tiny_trained, ml100k, tmp_pat
     assert (ex2.cfg.eval.k1, ex2.cfg.model.ranker_history) == (40, 16)
     del ck["config"]["serve"]  # an older checkpoint
     assert Config.from_dict(ck["config"]).serve == ServeConfig() == ServeConfig(k1=200, history=128)
+
+
+def test_blocked_mips_exports_with_parity(tiny_export, tmp_path):
+    """The two-step top-k (grank.mips.block_top_k, on by default for large catalogues) forced
+    onto the tiny table: the exported graph answers like the plain one-TopK module."""
+    import torch
+
+    from export.onnx_models import MipsTopK
+    cfg, a = tiny_export.cfg, dict(tiny_export.arrays)
+    table = tiny_export.model.item_vectors().detach()
+    plain = MipsTopK(table, cfg.eval.k1, cfg.model.tau, block=0).eval()
+    blocked = MipsTopK(table, cfg.eval.k1, cfg.model.tau, block=8).eval()
+    assert blocked.pad_rows == (-table.shape[0]) % 8 and blocked.item_vectors.shape[0] % 8 == 0
+    with torch.no_grad():
+        ids, scores = plain(torch.as_tensor(a["user_embedding"]), torch.as_tensor(a["history_ids"]))
+    a["candidate_ids"], a["candidate_scores"] = ids.numpy(), scores.numpy()
+    path = export_one(blocked, signatures(cfg)[MIPS], a, tmp_path / "mips.onnx")
+    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    assert "ReduceMax" in ops and "GatherElements" in ops  # the two-step form was exported
+    assert check_onnx({MIPS: path}, cfg, a)[MIPS] == []

@@ -30,6 +30,21 @@ def test_chunked_top_k_equals_one_pass(data, monkeypatch):
     assert G.recall(i, ref_i) == 1.0  # random floats: no ties at the cut
 
 
+@pytest.mark.parametrize("max_elems", [1 << 30, 32 * 3200])  # one pass; chunks of 100 blocks + a short tail
+def test_block_top_k_methods_equal_one_pass(data, monkeypatch, max_elems):
+    """The ``*_block`` methods' two-step top-k gives the plain top-k, chunked or not."""
+    items, q = data
+    items = items[:5984]  # 187 blocks of 32: enough for k = 50
+    ref_s, ref_i = (q @ items.T).topk(50, dim=1)
+    monkeypatch.setattr(G, "MAX_SCORE_ELEMS", max_elems)
+    calls, orig = [], G.block_top_k
+    monkeypatch.setattr(G, "block_top_k", lambda *a: (calls.append(a[0].shape), orig(*a))[1])
+    s, i = G.topk_chunked(q, items, 50, block=True)
+    assert calls  # the two-step top-k ran
+    torch.testing.assert_close(s, ref_s)
+    assert G.recall(i, ref_i) == 1.0
+
+
 def test_recall_counts_the_overlap():
     exact = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
     got = torch.tensor([[4, 3, 9, 1], [0, 10, 11, 12]])
