@@ -126,7 +126,7 @@ bench: setup ## MIPS stage vs FAISS flat/HNSW/IVF peers and the machine's floor 
 bench-quick: setup ## A few-minute smoke run of the MIPS benchmark (N up to 50k) into $(ARTIFACTS)/bench-quick
 	$(PY) -m perf bench --checkpoint $(CHECKPOINT) --quick --docs $(ARTIFACTS)/bench-quick
 
-bench-gpu: setup ## MIPS stage on a CUDA GPU (fp32/fp16/bf16 + exact re-score, N to 100M) -> docs/ (GPU machines only)
+bench-gpu: setup ## MIPS stage on a CUDA GPU (fp32/fp16/bf16, exact re-score, two-step top-k; N to 100M) -> docs/ (GPU machines only)
 	$(PY) -m perf.gpu_mips --dump-vectors $(CHECKPOINT) --vectors $(ARTIFACTS)/vectors.npz
 	$(PY) -m perf.gpu_mips --vectors $(ARTIFACTS)/vectors.npz --out $(ARTIFACTS)/gpu-mips
 	$(PY) -m perf.gpu_mips --merge $(ARTIFACTS)/gpu-mips/gpu_mips.json
