@@ -84,7 +84,7 @@ def mips_scores(user_vecs: torch.Tensor, item_vecs: torch.Tensor, tau: float = 1
     if pad_rows:
         s[:, m - pad_rows:] = NEG_INF
     if exclude is not None:
-        s[:, :exclude.shape[1]] = s[:, :exclude.shape[1]].masked_fill(exclude, NEG_INF)
+        s[:, :exclude.shape[1]].masked_fill_(exclude, NEG_INF)  # in place: no copy of [B, N+1]
     return s
 
 

@@ -40,10 +40,9 @@ def contiguous_top_k(s: torch.Tensor, k: int, c: int):
     """``grank.mips.block_top_k`` with contiguous groups (columns c j .. c j + c - 1): the same
     exact two steps, but the group maxima are a reduction over runs of c adjacent scores, which
     torch does slowly on a GPU for small c (the first form measured)."""
-    B, M = s.shape
-    blocks = s.view(B, M // c, c)
+    blocks = s.reshape(-1, s.shape[1] // c, c)  # -1, not B: also traced into ONNX (perf.mips_graph_ab)
     top = blocks.amax(-1).topk(k, dim=1).indices                        # [B, k] group ids
-    cand = blocks.gather(1, top.unsqueeze(-1).expand(-1, -1, c)).reshape(B, k * c)
+    cand = blocks.gather(1, top.unsqueeze(-1).expand(-1, -1, c)).reshape(-1, k * c)
     v, pos = cand.topk(k, dim=1)
     return v, top.gather(1, pos // c) * c + pos % c
 

@@ -25,9 +25,10 @@ import torch
 
 from export.onnx_models import MipsTopK, export_one
 from grank.config import make_config
-from grank.mips import BLOCK, topk_disagreements
+from grank.mips import BLOCK, mips_scores, topk_disagreements
 from grank.signatures import MIPS, signatures
 
+from .gpu_topk_breakdown import contiguous_top_k
 from .mips_methods import latency
 
 NEG_INF = float("-inf")
@@ -55,15 +56,10 @@ class MipsTopKContiguous(MipsTopK):
         super().__init__(table, k, block=BLOCK)
 
     def forward(self, user_embedding, history_ids):
-        from grank.mips import mips_scores
         s = mips_scores(user_embedding, self.item_vectors, self.tau, exclude_ids=history_ids,
                         pad_rows=self.pad_rows)
-        c = self.block
-        blocks = s.reshape(-1, s.shape[1] // c, c)
-        top = blocks.amax(-1).topk(self.k, dim=1).indices
-        cand = blocks.gather(1, top.unsqueeze(-1).expand(-1, -1, c)).reshape(-1, self.k * c)
-        scores, pos = cand.topk(self.k, dim=1)
-        return top.gather(1, pos // c) * c + pos % c, scores
+        scores, ids = contiguous_top_k(s, self.k, self.block)
+        return ids, scores
 
 
 def build(name: str, table: torch.Tensor, k: int, sig, arrays: dict, folder: Path) -> Path:
