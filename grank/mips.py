@@ -42,7 +42,7 @@ def pad_table(item_vecs: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
     return torch.cat([item_vecs, item_vecs.new_zeros(pad, item_vecs.shape[1])]), pad
 
 
-def block_top_k(scores: torch.Tensor, k: int, block: int):
+def block_top_k(scores: torch.Tensor, k: int, block: int, sort_groups: bool = True):
     """Exact top-k of ``scores`` [B, M] (M a multiple of ``block``, M / block >= k) in two short
     steps instead of one long one. Returns (values [B, k] descending, column ids [B, k] int64).
 
@@ -54,10 +54,13 @@ def block_top_k(scores: torch.Tensor, k: int, block: int):
     the outer axis of a [B, block, M / block] view, which a GPU reads coalesced (7x faster than
     reducing runs of 32 on an H100; on the CPU the two are within 5%).
     Cost: one max-reduction pass over the scores (a memory pass, like TopK's own read) and two
-    top-k over [B, M / block] and [B, k * block] instead of one over [B, M]."""
+    top-k over [B, M / block] and [B, k * block] instead of one over [B, M].
+    Only the SET of chosen groups matters, yet the first top-k stays sorted: the candidates then
+    come best group first, so the second top-k (a heap of k in ONNX Runtime) seldom replaces an
+    entry once it holds k; ``sort_groups=False`` measured slower (docs/SERVING.md)."""
     nb = scores.shape[1] // block
     groups = scores.reshape(-1, block, nb)
-    top = groups.amax(1).topk(k, dim=1).indices                                  # [B, k] group ids
+    top = groups.amax(1).topk(k, dim=1, sorted=sort_groups).indices              # [B, k] group ids
     cand = groups.gather(2, top.unsqueeze(1).expand(-1, block, -1)).reshape(-1, block * k)
     values, pos = cand.topk(k, dim=1)                                            # pos = t * k + i
     return values, (pos // k) * nb + top.gather(1, pos % k)

@@ -8,6 +8,8 @@ Graphs (``--graphs``):
 - ``plain``: ``export.onnx_models.MipsTopK`` with one TopK over the [B, N+1] scores;
 - ``block``: the same with the exact two-step top-k of ``grank.mips.block_top_k`` (strided
   groups of ``grank.mips.BLOCK``; what ``MipsTopK`` exports for large catalogues);
+- ``block_unsorted``: ``block`` with its first top-k (of the group maxima) unsorted (measured
+  slower: the second top-k then meets its best candidates in random order);
 - ``contiguous``: the two steps over contiguous groups (the first form tried);
 - ``int8`` / ``int8_block``: ``export.mips_int8`` with one TopK / the two steps on its scan.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +28,14 @@ import torch
 
 from export.onnx_models import MipsTopK, export_one
 from grank.config import make_config
-from grank.mips import BLOCK, mips_scores, topk_disagreements
+from grank.mips import BLOCK, block_top_k, mips_scores, topk_disagreements
 from grank.signatures import MIPS, signatures
 
 from .gpu_topk_breakdown import contiguous_top_k
 from .mips_methods import latency
 
 NEG_INF = float("-inf")
-GRAPHS = ("before", "plain", "block", "contiguous", "int8", "int8_block")
+GRAPHS = ("before", "plain", "block", "block_unsorted", "contiguous", "int8", "int8_block")
 
 
 class MipsTopKBefore(MipsTopK):
@@ -49,16 +52,18 @@ class MipsTopKBefore(MipsTopK):
         return ids, scores
 
 
-class MipsTopKContiguous(MipsTopK):
-    """The two-step top-k with contiguous groups of ``block`` columns."""
+class MipsTopKTwoStep(MipsTopK):
+    """The exported module with another form of its two-step top-k:
+    ``two_step(scores [B, M], k, block) -> (values [B, k], column ids [B, k])``."""
 
-    def __init__(self, table, k):
+    def __init__(self, table, k, two_step):
         super().__init__(table, k, block=BLOCK)
+        self.two_step = two_step
 
     def forward(self, user_embedding, history_ids):
         s = mips_scores(user_embedding, self.item_vectors, self.tau, exclude_ids=history_ids,
                         pad_rows=self.pad_rows)
-        scores, ids = contiguous_top_k(s, self.k, self.block)
+        scores, ids = self.two_step(s, self.k, self.block)
         return ids, scores
 
 
@@ -73,7 +78,8 @@ def build(name: str, table: torch.Tensor, k: int, sig, arrays: dict, folder: Pat
         return path
     module = {"before": lambda: MipsTopKBefore(table, k), "plain": lambda: MipsTopK(table, k, block=0),
               "block": lambda: MipsTopK(table, k, block=BLOCK),
-              "contiguous": lambda: MipsTopKContiguous(table, k)}[name]()
+              "block_unsorted": lambda: MipsTopKTwoStep(table, k, partial(block_top_k, sort_groups=False)),
+              "contiguous": lambda: MipsTopKTwoStep(table, k, contiguous_top_k)}[name]()
     return export_one(module.eval(), sig, arrays, path)
 
 

@@ -148,3 +148,23 @@ def test_reading_computes_the_bars_from_the_rows():
     assert "faiss_ivfflat at recall 0.995" in text and "b=1 3.7x" in text and "build 157 s" in text
     assert "probes 64 of 4000 lists, about 1.6%" in text
     assert "faiss_hnsw" not in text  # not measured: not reported as failing
+
+
+def test_graph_ab_forms_agree_before_timing(capsys):
+    """perf.mips_graph_ab exports every form of the MIPS graph it times (one TopK, the two steps
+    with sorted / unsorted first step, contiguous groups, int8) and refuses to time forms whose
+    answers differ: all agree here, up to ties."""
+    from perf.mips_graph_ab import main
+    main(["--graphs", "plain", "block", "block_unsorted", "contiguous", "int8", "--items", "4000", "--k", "50",
+          "--history", "8", "--batches", "2", "--seconds", "0.01", "--rounds", "1"])
+    timed_graphs = {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert timed_graphs == {"plain", "block", "block_unsorted", "contiguous", "int8"}
+
+
+def test_topk_kernels_agree_before_timing(capsys):
+    """perf.topk_kernels: ONNX Runtime's TopK (sorted and not) returns torch.topk's set."""
+    from perf.topk_kernels import main
+    main(["--n", "300", "--ks", "20", "--batches", "1", "4", "--seconds", "0.01", "--rounds", "1"])
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[:2] for r in rows] == [["20", "1"], ["20", "4"]]
+    assert all(float(v) > 0 for r in rows for v in r.split()[3:])
