@@ -210,6 +210,10 @@ def load_checkpoint(path: str | Path, data: Interactions | None = None, serving:
     serving-only overrides on top (``config.SERVING_KEYS``, e.g. ``{"eval.k1": 1000}``), applied to
     the returned config and to the model (a shorter history uses the newest slots' weights)."""
     from .data import load
+    if not Path(path).is_file():  # every tool that reads a model starts here: say how to get one
+        raise FileNotFoundError(f"checkpoint {path}: no such file; train one first (`make train "
+                                f"PRESET=default` writes artifacts/default/grank/best.pt, `make demo` "
+                                f"artifacts/fast/grank/best.pt) or pass the path of an existing best.pt")
     ck = torch.load(path, map_location="cpu", weights_only=True)
     cfg = Config.from_dict(ck["config"])
     data = data if data is not None else load(cfg.dataset)

@@ -168,3 +168,13 @@ def test_topk_kernels_agree_before_timing(capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[:2] for r in rows] == [["20", "1"], ["20", "4"]]
     assert all(float(v) > 0 for r in rows for v in r.split()[3:])
+
+
+def test_bench_without_a_checkpoint_says_how_to_get_one(tmp_path, capsys):
+    """A fresh clone has no trained model: `make bench-quick` must say what is missing and how to
+    make it, not print a bare errno."""
+    from perf.__main__ import main
+    missing = tmp_path / "none" / "best.pt"
+    assert main(["bench", "--quick", "--checkpoint", str(missing), "--docs", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert str(missing) in err and "make train" in err

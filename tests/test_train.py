@@ -89,6 +89,20 @@ def test_checkpoint_alone_rebuilds_the_model(ml100k, tiny_trained):
         assert torch.equal(model.encode_users(*args), again.encode_users(*args))
 
 
+@pytest.mark.parametrize("command", [["grank", "evaluate", "{ck}"], ["export", "onnx", "--checkpoint", "{ck}"]])
+def test_a_missing_checkpoint_is_a_clear_error_not_a_traceback(command, tmp_path):
+    """On a fresh clone no model is trained yet: the tools that read one name the path and the
+    make target that writes it, and exit 2."""
+    import subprocess
+    import sys
+    ck = tmp_path / "none" / "best.pt"
+    out = subprocess.run([sys.executable, "-m", *(c.format(ck=ck) for c in command)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"error: checkpoint {ck}: no such file" in out.stderr and "make train" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_served_pipeline_output(ml100k, tiny_trained):
     model, cfg, _, _ = tiny_trained
     sp = split(ml100k)
