@@ -56,8 +56,9 @@ def block_top_k(scores: torch.Tensor, k: int, block: int, sort_groups: bool = Tr
     Cost: one max-reduction pass over the scores (a memory pass, like TopK's own read) and two
     top-k over [B, M / block] and [B, k * block] instead of one over [B, M].
     Only the SET of chosen groups matters, yet the first top-k stays sorted: the candidates then
-    come best group first, so the second top-k (a heap of k in ONNX Runtime) seldom replaces an
-    entry once it holds k; ``sort_groups=False`` measured slower (docs/SERVING.md)."""
+    come best group first, and ONNX Runtime's second TopK (a heap of k at these shapes) updates
+    its heap only for a value beating the weakest kept; ``sort_groups=False`` measured slower
+    (docs/SERVING.md)."""
     nb = scores.shape[1] // block
     groups = scores.reshape(-1, block, nb)
     top = groups.amax(1).topk(k, dim=1, sorted=sort_groups).indices              # [B, k] group ids
