@@ -32,7 +32,7 @@ from grank.mips import BLOCK, block_top_k, mips_scores, topk_disagreements
 from grank.signatures import MIPS, signatures
 
 from .gpu_topk_breakdown import contiguous_top_k
-from .mips_methods import latency
+from .mips_methods import cpu_session, latency
 
 NEG_INF = float("-inf")
 GRAPHS = ("before", "plain", "block", "block_unsorted", "contiguous", "int8", "int8_block")
@@ -84,7 +84,6 @@ def build(name: str, table: torch.Tensor, k: int, sig, arrays: dict, folder: Pat
 
 
 def main(argv=None) -> None:
-    import onnxruntime as ort
     ap = argparse.ArgumentParser(prog="python -m perf.mips_graph_ab", description=__doc__.split("\n\n")[0])
     ap.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["before", "plain"])
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -116,9 +115,7 @@ def main(argv=None) -> None:
     sessions = {}
     for name in a.graphs:
         path = build(name, table, a.k, sig, {"user_embedding": q[:2], "history_ids": hist[:2]}, folder)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sessions[name] = cpu_session(str(path), 2)
     feed = {"user_embedding": q[:8], "history_ids": hist[:8]}
     outs = {n: s.run(None, feed) for n, s in sessions.items()}
     ref_name, (ref_ids, ref_sc) = next(iter(outs.items()))

@@ -23,6 +23,15 @@ THREADS = os.cpu_count() or 1
 SERVED_HISTORY = 256
 
 
+def cpu_session(model, threads: int):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads; ``model``: a path or the
+    serialized bytes of an ONNX model."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
 class Method:
     name = ""
     tunable: str | None = None
@@ -76,10 +85,7 @@ class GrankMips(Method):
     def _open(self, path: Path) -> None:
         """An ONNX Runtime session on every core, as the benchmark's other methods get; the
         memory is what the model directory holds (graph + external data)."""
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = THREADS
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.sess = cpu_session(str(path), THREADS)
         self.memory_bytes = sum(f.stat().st_size for f in Path(self._dir.name).iterdir())
 
     def search(self, q):

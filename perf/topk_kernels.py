@@ -16,12 +16,11 @@ import argparse
 import numpy as np
 import torch
 
-from .mips_methods import latency
+from .mips_methods import cpu_session, latency
 
 
 def ort_topk(k: int, sorted_: bool, threads: int):
     """An ONNX Runtime session of one TopK node: x [B, N] float32 -> values, indices [B, k]."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper
     g = helper.make_graph(
         [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, sorted=int(sorted_))], "topk",
@@ -29,10 +28,8 @@ def ort_topk(k: int, sorted_: bool, threads: int):
         [helper.make_tensor_value_info("v", TensorProto.FLOAT, ["B", k]),
          helper.make_tensor_value_info("i", TensorProto.INT64, ["B", k])],
         [helper.make_tensor("k", TensorProto.INT64, [1], [k])])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return cpu_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                       threads)
 
 
 def main(argv=None) -> None:

@@ -143,6 +143,9 @@ def test_reading_computes_the_bars_from_the_rows():
                 params={"nlist": 4000, "nprobe": 64})]
     text = "\n".join(cpu_reading(rows, []))
     assert "grank_mips in 1 of 2" in text and "torch_topk 55.00 ms vs grank_mips 61.00 ms" in text
+    assert "(one TopK)" not in text  # a 1M catalogue takes the two steps: no small-catalogue excuse
+    small = [dict(r, N=3706) for r in rows if r["method"] in ("grank_mips", "torch_topk")]
+    assert "N=3,706 k=500 b=16 (one TopK): torch_topk" in "\n".join(cpu_reading(small, []))
     assert "batch 16 2.03x (**not met**)" in text
     assert "speed-up 1.22x to 3.00x" in text and "recall@k >= 0.9990" in text
     assert "faiss_ivfflat at recall 0.995" in text and "b=1 3.7x" in text and "build 157 s" in text
