@@ -67,3 +67,33 @@ def test_readme_headline_numbers_match_docs_results():
     assert quoted, "README quotes no headline numbers"
     for model, hr, ndcg in quoted:
         assert rows[model]["HR@10"] == float(hr) and rows[model]["NDCG@10"] == float(ndcg), model
+
+
+def _matches(quoted: str, measured: float) -> bool:
+    """``quoted`` is ``measured`` rounded to the digits the README shows ("2,847", "53", "1.70")."""
+    q = quoted.replace(",", "")
+    decimals = len(q.split(".")[1]) if "." in q else 0
+    return abs(float(q) - measured) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+def test_readme_mips_numbers_match_docs_performance():
+    """The served module's MIPS latencies and floor multiples quoted in the README are the rows
+    of docs/performance.json (CPU rows; the README says which N and k each sentence is about)."""
+    import json
+    perf = json.loads((ROOT / "docs" / "performance.json").read_text())
+    rows = {(r["N"], r["k"], r["batch"]): r for r in perf["rows"]
+            if r["stage"] == "mips" and r["method"] == "grank_mips" and not r.get("device")}
+    sizes = {"1M": 10**6, "5M": 5 * 10**6}
+    nums, batches = r"([0-9.,]+(?:\s*/\s*[0-9.,]+)*)", r"([0-9]+(?:\s*/\s*[0-9]+)*)"
+    text = re.sub(r"\s+", " ", README)  # sentences wrap anywhere
+    quoted = re.findall(rf"N = (1M|5M), k = ([0-9]+), p50[^:]*: the served module answers in {nums} ms "
+                        rf"at batch {batches}.*?at {nums} times the floor at batch {batches}", text)
+    assert {q[0] for q in quoted} == set(sizes), "README quotes the served module's 1M and 5M numbers"
+    for size, k, p50s, b1, multiples, b2 in quoted:
+        for values, bs, field in ((p50s, b1, "p50_ms"), (multiples, b2, "p50_over_floor")):
+            values, bs = values.split(" / "), [int(b) for b in bs.split(" / ")]
+            assert len(values) == len(bs), (size, k, field)
+            for v, b in zip(values, bs):
+                measured = rows[(sizes[size], int(k), b)][field]
+                assert _matches(v, measured), f"README says {field} {v} at N={size} k={k} batch {b}; " \
+                                              f"docs/performance.json has {measured}"
