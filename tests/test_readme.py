@@ -1,4 +1,5 @@
 """The README is tested like code: its make targets and CLI commands must exist and parse."""
+import json
 import re
 import subprocess
 import sys
@@ -79,7 +80,6 @@ def _matches(quoted: str, measured: float) -> bool:
 def test_readme_mips_numbers_match_docs_performance():
     """The served module's MIPS latencies and floor multiples quoted in the README are the rows
     of docs/performance.json (CPU rows; the README says which N and k each sentence is about)."""
-    import json
     perf = json.loads((ROOT / "docs" / "performance.json").read_text())
     rows = {(r["N"], r["k"], r["batch"]): r for r in perf["rows"]
             if r["stage"] == "mips" and r["method"] == "grank_mips" and not r.get("device")}
@@ -91,7 +91,7 @@ def test_readme_mips_numbers_match_docs_performance():
     assert {q[0] for q in quoted} == set(sizes), "README quotes the served module's 1M and 5M numbers"
     for size, k, p50s, b1, multiples, b2 in quoted:
         for values, bs, field in ((p50s, b1, "p50_ms"), (multiples, b2, "p50_over_floor")):
-            values, bs = values.split(" / "), [int(b) for b in bs.split(" / ")]
+            values, bs = re.split(r"\s*/\s*", values), [int(b) for b in re.split(r"\s*/\s*", bs)]
             assert len(values) == len(bs), (size, k, field)
             for v, b in zip(values, bs):
                 measured = rows[(sizes[size], int(k), b)][field]
