@@ -35,6 +35,13 @@ class ModelConfig:
     query_token: bool = True   # personalised query token U (False: SASRec-style last hidden state)
     aux_tokens: bool = True    # training-only target-aware auxiliary tokens (L_SA-info)
     ranker: bool = True        # second-stage Ranker (L_CA-info)
+    # How the Ranker's score is formed (docs/EXPERIMENTS.md, "A Ranker that scores on its own"):
+    # "residual": Generator score + an MLP correction that also sees the user vector, L_CA-info on
+    #   the sum; "fused": the Ranker scores each candidate from the long history alone (no user
+    #   vector), L_CA-info on that score alone (the paper's "InfoNCE over the ranker scores"), and
+    #   the served score is Generator score + ranker_fusion x Ranker score.
+    ranker_score: str = "residual"
+    ranker_fusion: float = 0.5
 
 
 @dataclass
@@ -138,6 +145,7 @@ def effective_dict(cfg: Config) -> dict:
         t.pop("aux_negatives")
         w[1] = None
     if not m["ranker"]:
+        m.pop("ranker_score"), m.pop("ranker_fusion")
         for k in ("ranker_hard", "ranker_hard_pool", "ranker_random", "ranker_detach",
                   "ranker_holdout", "ranker_slots"):
             t.pop(k)
@@ -237,6 +245,10 @@ def validate(cfg: Config) -> None:
     if not 1 <= t.ranker_slots <= t.ntp_positions:
         raise ValueError(f"train.ranker_slots ({t.ranker_slots}) must be in [1, train.ntp_positions "
                          f"({t.ntp_positions})]")
+    if m.ranker_score not in ("residual", "fused"):
+        raise ValueError(f"model.ranker_score: must be 'residual' or 'fused', got {m.ranker_score!r}")
+    if not m.ranker_fusion > 0:
+        raise ValueError(f"model.ranker_fusion: must be > 0, got {m.ranker_fusion}")
     if t.ranker_holdout and t.ranker_slots != 1:
         raise ValueError("train.ranker_holdout trains L_CA on the newest slot only: set train.ranker_slots=1")
     if m.aux_tokens and not m.query_token:

@@ -3,9 +3,16 @@
 Shapes (B users, C candidates, R long-history slots, d = ``d_model``):
 - memory = MLP(item vector + rating + recency) of the history: [B, R, d] (keys and values);
 - each candidate's item vector is the query: [B, C, d] -> attended vector a: [B, C, d];
-- score = <u, v_c> / tau (the Generator's own MIPS score) + MLP([a, v_c, a*v_c, u*v_c]).
-The residual on the Generator score is our choice (the paper does not say whether the Ranker
-sees U): the Ranker starts from the Generator's order and learns target-aware corrections.
+- ``model.ranker_score = "residual"``: score = <u, v_c> / tau (the Generator's own MIPS score)
+  + MLP([a, v_c, a*v_c, u*v_c]), trained on that sum: the Ranker starts from the Generator's
+  order and learns target-aware corrections;
+- ``"fused"``: the Ranker's own score r = MLP([a, v_c, a*v_c]) never sees the user vector and is
+  trained on its own (L_CA-info over the Ranker's scores, as the paper states); served score =
+  <u, v_c> / tau + ``model.ranker_fusion`` * r.
+Whether the Ranker sees U or mixes in the MIPS score is ours to choose (the paper does not say).
+Why "fused" exists: trained as a residual on lists whose targets the Generator has memorised,
+the correction learns to defer to the (in-sample, over-confident) Generator score; scored on
+its own, from the history alone, the Ranker has to be a second opinion (docs/EXPERIMENTS.md).
 """
 from __future__ import annotations
 
@@ -23,21 +30,25 @@ class Ranker(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.tau = cfg.tau
+        self.fused = cfg.ranker_score == "fused"
+        self.fusion = cfg.ranker_fusion
         self.rating = nn.Embedding(6, d)
         self.recency = nn.Embedding(cfg.ranker_history, d)
         self.mem = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.head = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Dropout(cfg.dropout),
+        self.head = nn.Sequential(nn.Linear((3 if self.fused else 4) * d, d), nn.GELU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(d, 1))
-        # zero-initialised correction: an untrained Ranker returns the Generator's order exactly
+        # zero-initialised last layer: an untrained Ranker returns the Generator's order exactly
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, detach_residual: bool = False):
+    def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, detach_residual: bool = False,
+                own: bool = False):
         """user_vec: [B, d]; cand_emb: [B, C, d]; hist_emb: [B, R, d]; hist_ratings: [B, R]
-        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32.
+        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32, as served.
         ``detach_residual`` (training only; values unchanged) stops the loss from reaching the
-        Generator through the residual score."""
+        Generator through the residual score. ``own`` (training only, "fused" Ranker): the
+        Ranker's own score r, without the Generator score mixed in."""
         R = hist_emb.shape[1]
         mem = self.mem(hist_emb + self.rating(hist_ratings) + self.recency.weight[-R:])
         q, k, v = self.q(cand_emb), self.k(mem), self.v(mem)
@@ -45,8 +56,13 @@ class Ranker(nn.Module):
         att = att.masked_fill(pad[:, None, :], NEG_INF).softmax(-1)  # [B, C, R]
         a = att @ v
         u = user_vec[:, None, :].expand_as(cand_emb)
-        feats = torch.cat([a, cand_emb, a * cand_emb, u * cand_emb], -1)
         gen_score = (u * cand_emb).sum(-1) / self.tau
+        if self.fused:
+            r = self.head(torch.cat([a, cand_emb, a * cand_emb], -1)).squeeze(-1)
+            return r if own else gen_score + self.fusion * r
+        if own:
+            raise ValueError("own=True: only a 'fused' Ranker (model.ranker_score) has a score of its own")
+        feats = torch.cat([a, cand_emb, a * cand_emb, u * cand_emb], -1)
         if detach_residual:
             gen_score = gen_score.detach()
         return gen_score + self.head(feats).squeeze(-1)

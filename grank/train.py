@@ -165,7 +165,9 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
             rand = torch.randint(1, table.shape[0], (n, tc.ranker_random))
             cand_r = torch.cat([tgt[:, None], hard, rand], 1)
         u = u.detach() if tc.ranker_detach else u
-        s = model.ranker(u, F.embedding(cand_r, table), v_emb, v_rat, v_ids == 0, detach_residual=holdout)
+        # a "fused" Ranker learns its own score (the Generator score is mixed in only when served)
+        s = model.ranker(u, F.embedding(cand_r, table), v_emb, v_rat, v_ids == 0, detach_residual=holdout,
+                         own=model.ranker.fused)
         s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == tgt[:, None], NEG_INF)
         out["ca"] = F.cross_entropy(s, torch.zeros(n, dtype=torch.long))
         total = total + tc.loss_weights[2] * out["ca"]

@@ -89,3 +89,17 @@ def test_served_config_applies_the_serve_section_and_overrides_on_top():
     assert served_config(cfg, {"eval.k1": 1000}).eval.k1 == 1000
     with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[64"):
         served_config(cfg, {"serve.history": 32})
+
+
+def test_ranker_score_settings_are_checked_and_ignored_without_a_ranker():
+    from grank.config import effective_dict
+    with pytest.raises(ValueError, match=r"model.ranker_score: must be 'residual' or 'fused', got 'sum'"):
+        make_config("tiny", "grank", overrides={"model.ranker_score": "sum"})
+    with pytest.raises(ValueError, match=r"model.ranker_fusion: must be > 0, got 0.0"):
+        make_config("tiny", "grank", overrides={"model.ranker_fusion": 0})
+    # a Ranker setting cannot invalidate the checkpoint of a variant without a Ranker
+    a = make_config("tiny", "generator_only")
+    b = make_config("tiny", "generator_only", overrides={"model.ranker_score": "fused"})
+    assert effective_dict(a) == effective_dict(b)
+    assert effective_dict(make_config("tiny", "grank")) != effective_dict(
+        make_config("tiny", "grank", overrides={"model.ranker_score": "fused"}))

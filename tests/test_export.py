@@ -157,3 +157,18 @@ def test_blocked_mips_exports_with_parity(tiny_export, tmp_path):
     ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
     assert "ReduceMax" in ops and "GatherElements" in ops  # the two-step form was exported
     assert check_onnx({MIPS: path}, cfg, a)[MIPS] == []
+
+
+def test_fused_ranker_exports_with_parity(ml100k, tiny_cfg, tmp_path):
+    """A checkpoint trained with model.ranker_score="fused" exports every graph with parity (the
+    served Ranker graph mixes the MIPS score in with model.ranker_fusion) and keeps the
+    signatures of the residual one."""
+    from export.build import export_checkpoint
+    from grank.config import apply_overrides
+    from grank.train import train
+    cfg = apply_overrides(tiny_cfg, {"model.ranker_score": "fused", "train.epochs": 1})
+    train(cfg, ml100k, tmp_path / "run", progress=False)
+    ex = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "onnx", users=16, data=ml100k)
+    assert ex.cfg.model.ranker_score == "fused" and ex.model.ranker.fused
+    assert ex.problems == {n: [] for n in ONNX_MODELS}
+    assert signatures(ex.cfg) == signatures(tiny_cfg)

@@ -159,3 +159,30 @@ def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(ti
         torch.testing.assert_close(short.rank(u_short, ids[:, 16:], rat[:, 16:], cand),
                                    model.rank(u_full, cut_ids, cut_rat, cand))
         assert not torch.allclose(model.encode_users(ids, rat, feats), u_full)  # the cut mattered
+
+
+def test_fused_ranker_scores_without_the_user_vector(ml100k):
+    """model.ranker_score="fused": the Ranker's own score never sees the user vector, the served
+    score is the MIPS score + model.ranker_fusion x it, and an untrained one keeps the Generator
+    order (zero-initialised last layer)."""
+    m, cfg = _model(ml100k, **{"model.ranker_score": "fused", "model.ranker_fusion": 0.7})
+    ids, rat, feats = _inputs(ml100k)
+    cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
+    with torch.no_grad():
+        u = m.encode_users(ids, rat, feats)
+        mips = (u[:, None, :] * torch.nn.functional.embedding(cand, m.item_vectors())).sum(-1) / cfg.model.tau
+        assert torch.allclose(m.rank(u, ids, rat, cand), mips, atol=1e-5)
+        torch.manual_seed(1)
+        for p in m.ranker.head[-1].parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        t = m.item_vectors()
+        R = cfg.model.ranker_history
+        args = (torch.nn.functional.embedding(cand, t), torch.nn.functional.embedding(ids[:, -R:], t),
+                rat[:, -R:], ids[:, -R:] == 0)
+        own = m.ranker(u, *args, own=True)
+        assert torch.equal(own, m.ranker(torch.randn_like(u), *args, own=True))  # no user vector in it
+        assert own.abs().max() > 1e-3
+        assert torch.allclose(m.rank(u, ids, rat, cand), mips + 0.7 * own, atol=1e-5)
+    residual, _ = _model(ml100k)
+    with pytest.raises(ValueError, match="only a 'fused' Ranker"):
+        residual.ranker(u, *args, own=True)

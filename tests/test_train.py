@@ -244,3 +244,23 @@ def test_ranker_slots_train_the_ranker_at_older_slots_too(ml100k, tiny_cfg):
         apply_overrides(tiny_cfg, {"train.ranker_slots": 9})
     with pytest.raises(ValueError, match="train.ranker_holdout trains L_CA on the newest slot only"):
         apply_overrides(tiny_cfg, {"train.ranker_slots": 2, "train.ranker_holdout": True})
+
+
+def test_fused_ranker_learns_its_own_score(ml100k, tiny_cfg):
+    """model.ranker_score="fused": L_CA is InfoNCE over the Ranker's own scores, so the fusion
+    weight (a serving-time mix) does not change it, and its gradient reaches the Ranker."""
+    sp = split(ml100k, tiny_cfg.train.max_users)
+    users, ends = epoch_samples(sp, tiny_cfg.model.max_history, np.random.default_rng(0))
+    out = {}
+    for w in (0.5, 3.0):
+        cfg = apply_overrides(tiny_cfg, {"model.ranker_score": "fused", "model.ranker_fusion": w})
+        torch.manual_seed(0)
+        model = T.build_model(cfg, ml100k)
+        for p in model.ranker.head[-1].parameters():  # a Ranker with a score of its own
+            torch.nn.init.normal_(p, std=0.5)
+        batch = T.make_batch(ml100k, users[:32], ends[:32], cfg)
+        out[w] = T.losses(model, batch, cfg)
+        out[w]["ca"].backward()
+        assert model.ranker.q.weight.grad.abs().sum() > 0
+    assert out[0.5]["ca"].item() == pytest.approx(out[3.0]["ca"].item(), abs=1e-6)
+    assert out[0.5]["ntp"].item() == pytest.approx(out[3.0]["ntp"].item(), abs=1e-6)
