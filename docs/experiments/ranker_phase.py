@@ -8,7 +8,7 @@ after each epoch, then validation and test HR@10 / NDCG@10 for a sweep of the fu
 saves a normal checkpoint (the chosen weight in its config) that `python -m grank evaluate` and
 docs/experiments/paired.py read.
 
-    python docs/experiments/ranker_phase.py CKPT OUT.pt [EPOCHS=4] [FUSION=0.5]
+    python docs/experiments/ranker_phase.py CKPT OUT.pt [EPOCHS=4] [FUSION=0.5] [SEED=1]
 """
 import sys, time
 import numpy as np, torch
@@ -25,12 +25,13 @@ torch.set_num_threads(2)
 src, out = sys.argv[1], sys.argv[2]
 epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 fusion = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
+seed = int(sys.argv[5]) if len(sys.argv) > 5 else 1  # the Ranker's initialisation and sample order
 model, cfg0, ck = load_checkpoint(src)
 cfg = apply_overrides(cfg0, {"variant": "grank" if cfg0.model.aux_tokens else "generator_ranker_no_aux",
                              "model.ranker": True, "model.ranker_score": "fused", "model.ranker_fusion": fusion,
                              "train.loss_weights": (0.0, 0.0, 1.0)})
 data = load(cfg.dataset); sp = make_split(data, 0)
-torch.manual_seed(1); rng = np.random.default_rng(1)
+torch.manual_seed(seed); rng = np.random.default_rng(seed)
 model.cfg = cfg.model
 model.ranker = Ranker(cfg.model)
 for n, p in model.named_parameters():
@@ -62,4 +63,4 @@ for w in WS:
 print(f"Ranker phase: {epochs} epochs, {time.time() - t_all:.0f} s")
 keep = {k: v for k, v in ck.items() if k not in ("optimizer", "scheduler")}  # nothing to resume
 save(__import__("pathlib").Path(out), {**keep, "config": cfg.to_dict(), "model": model.state_dict(),
-                                        "ranker_phase": {"from": src, "epochs": epochs}})
+                                        "ranker_phase": {"from": src, "epochs": epochs, "seed": seed}})
