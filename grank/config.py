@@ -150,6 +150,8 @@ def effective_dict(cfg: Config) -> dict:
                   "ranker_holdout", "ranker_slots"):
             t.pop(k)
         w[2] = None
+    elif m["ranker_score"] == "residual":
+        m.pop("ranker_fusion")  # only a fused Ranker mixes its score in with this weight
     t["loss_weights"] = w
     return d
 
@@ -249,6 +251,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"model.ranker_score: must be 'residual' or 'fused', got {m.ranker_score!r}")
     if not m.ranker_fusion > 0:
         raise ValueError(f"model.ranker_fusion: must be > 0, got {m.ranker_fusion}")
+    if m.ranker_score == "fused" and t.ranker_detach:
+        raise ValueError("train.ranker_detach: a 'fused' Ranker (model.ranker_score) never sees the user "
+                         "vector, so there is nothing to detach; leave it false")
     if t.ranker_holdout and t.ranker_slots != 1:
         raise ValueError("train.ranker_holdout trains L_CA on the newest slot only: set train.ranker_slots=1")
     if m.aux_tokens and not m.query_token:

@@ -45,21 +45,22 @@ class Ranker(nn.Module):
     def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, detach_residual: bool = False,
                 own: bool = False):
         """user_vec: [B, d]; cand_emb: [B, C, d]; hist_emb: [B, R, d]; hist_ratings: [B, R]
-        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32, as served.
+        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32, as served, or
+        with ``own`` the Ranker's own scores r [B, C].
         ``detach_residual`` (training only; values unchanged) stops the loss from reaching the
-        Generator through the residual score. ``own`` (training only, "fused" Ranker): the
-        Ranker's own score r, without the Generator score mixed in."""
+        Generator through the residual score. ``own`` (training only, "fused" Ranker): r alone,
+        without the Generator score mixed in."""
         R = hist_emb.shape[1]
         mem = self.mem(hist_emb + self.rating(hist_ratings) + self.recency.weight[-R:])
         q, k, v = self.q(cand_emb), self.k(mem), self.v(mem)
         att = (q @ k.transpose(1, 2)) / math.sqrt(q.shape[-1])
         att = att.masked_fill(pad[:, None, :], NEG_INF).softmax(-1)  # [B, C, R]
         a = att @ v
-        u = user_vec[:, None, :].expand_as(cand_emb)
-        gen_score = (u * cand_emb).sum(-1) / self.tau
         if self.fused:
             r = self.head(torch.cat([a, cand_emb, a * cand_emb], -1)).squeeze(-1)
-            return r if own else gen_score + self.fusion * r
+            return r if own else (user_vec[:, None, :] * cand_emb).sum(-1) / self.tau + self.fusion * r
+        u = user_vec[:, None, :].expand_as(cand_emb)
+        gen_score = (u * cand_emb).sum(-1) / self.tau
         if own:
             raise ValueError("own=True: only a 'fused' Ranker (model.ranker_score) has a score of its own")
         feats = torch.cat([a, cand_emb, a * cand_emb, u * cand_emb], -1)

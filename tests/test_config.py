@@ -103,3 +103,8 @@ def test_ranker_score_settings_are_checked_and_ignored_without_a_ranker():
     assert effective_dict(a) == effective_dict(b)
     assert effective_dict(make_config("tiny", "grank")) != effective_dict(
         make_config("tiny", "grank", overrides={"model.ranker_score": "fused"}))
+    # the fusion weight only matters to a fused Ranker
+    assert effective_dict(make_config("tiny", "grank")) == effective_dict(
+        make_config("tiny", "grank", overrides={"model.ranker_fusion": 2.0}))
+    assert effective_dict(make_config("tiny", "grank", overrides={"model.ranker_score": "fused"})) != effective_dict(
+        make_config("tiny", "grank", overrides={"model.ranker_score": "fused", "model.ranker_fusion": 2.0}))

@@ -170,5 +170,6 @@ def test_fused_ranker_exports_with_parity(ml100k, tiny_cfg, tmp_path):
     train(cfg, ml100k, tmp_path / "run", progress=False)
     ex = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "onnx", users=16, data=ml100k)
     assert ex.cfg.model.ranker_score == "fused" and ex.model.ranker.fused
+    assert ex.model.ranker.head[-1].weight.abs().max() > 0  # a trained score of its own, not the MIPS order
     assert ex.problems == {n: [] for n in ONNX_MODELS}
     assert signatures(ex.cfg) == signatures(tiny_cfg)

@@ -263,4 +263,5 @@ def test_fused_ranker_learns_its_own_score(ml100k, tiny_cfg):
         out[w]["ca"].backward()
         assert model.ranker.q.weight.grad.abs().sum() > 0
     assert out[0.5]["ca"].item() == pytest.approx(out[3.0]["ca"].item(), abs=1e-6)
-    assert out[0.5]["ntp"].item() == pytest.approx(out[3.0]["ntp"].item(), abs=1e-6)
+    with pytest.raises(ValueError, match="train.ranker_detach: a 'fused' Ranker"):
+        apply_overrides(tiny_cfg, {"model.ranker_score": "fused", "train.ranker_detach": True})

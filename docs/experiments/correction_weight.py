@@ -38,7 +38,7 @@ def fusion_sweep(model, cfg, sp, stage, ws, ks=(10, 50), scale=1.0):
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    model, cfg, ck = load_checkpoint(sys.argv[1])
+    model, cfg, _ = load_checkpoint(sys.argv[1])
     sp = make_split(load(cfg.dataset), 0)
     for stage in ("val", "test"):
         for w, m in fusion_sweep(model, cfg, sp, stage, [0, 0.5, 1, 1.5, 2, 3, ALONE]).items():

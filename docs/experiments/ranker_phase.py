@@ -19,11 +19,13 @@ from grank.train import load_checkpoint, make_batch, losses, save
 from grank.batches import epoch_samples
 from grank.ranker import Ranker
 sys.path.insert(0, 'docs/experiments')
-from correction_weight import fusion_sweep
+from correction_weight import ALONE, fusion_sweep
 
 torch.set_num_threads(2)
 src, out = sys.argv[1], sys.argv[2]
 epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+if epochs < 1:
+    sys.exit("EPOCHS: must be >= 1")
 fusion = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
 seed = int(sys.argv[5]) if len(sys.argv) > 5 else 1  # the Ranker's initialisation and sample order
 model, cfg0, ck = load_checkpoint(src)
@@ -37,7 +39,7 @@ model.ranker = Ranker(cfg.model)
 for n, p in model.named_parameters():
     p.requires_grad = n.startswith("ranker.")
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
-WS = [0, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5]
+WS = sorted({0, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, fusion}) + [ALONE]
 
 
 def sweep(stage):
@@ -61,6 +63,8 @@ for w in WS:
     print(f"w = {w}: val HR@10 {v[w]['HR@10']:.4f} NDCG@10 {v[w]['NDCG@10']:.4f} | "
           f"test HR@10 {t[w]['HR@10']:.4f} NDCG@10 {t[w]['NDCG@10']:.4f}", flush=True)
 print(f"Ranker phase: {epochs} epochs, {time.time() - t_all:.0f} s")
-keep = {k: v for k, v in ck.items() if k not in ("optimizer", "scheduler")}  # nothing to resume
+# config, weights and data fingerprint only: the source's optimizer, RNG and training state
+# describe the source run, not this one (the result is for evaluation, not for resuming)
+keep = {k: ck[k] for k in ("data_fingerprint",)}
 save(__import__("pathlib").Path(out), {**keep, "config": cfg.to_dict(), "model": model.state_dict(),
                                         "ranker_phase": {"from": src, "epochs": epochs, "seed": seed}})
