@@ -64,16 +64,16 @@ def recommend(model, hist_ids, hist_ratings, user_feats, k1: int, k2: int, exclu
     return ids, top, gen_ids
 
 
-def evaluate_model(model, split: Split, stage: str, ecfg, filtered: bool = True,
-                   users: np.ndarray | None = None, progress: bool = True) -> dict:
-    """Metrics of the served pipeline on ``stage`` ('val' or 'test'). Also reports the
-    Generator stage alone (``gen_HR@K``) and recall of the k1 candidate set."""
+def served_ranks(model, split: Split, stage: str, ecfg, filtered: bool = True,
+                 users: np.ndarray | None = None, progress: bool = True):
+    """Per-user 0-based rank of the held-out ``stage`` item ('val' or 'test') in the served
+    pipeline's list and in the Generator's k1 candidates: (final [U], gen [U]) float64, MISS
+    where absent. ``evaluate_model`` turns them into metrics; paired comparisons use them as is."""
     model.eval()
     users = split.users if users is None else users
     R = model.cfg.ranker_history
     n_items = split.data.n_items
     final, gen = [], []
-    t0 = time.time()
     for s in tqdm(range(0, len(users), ecfg.batch_size), desc=f"eval {stage}", disable=not progress,
                   leave=False):
         ub = users[s:s + ecfg.batch_size]
@@ -87,7 +87,16 @@ def evaluate_model(model, split: Split, stage: str, ecfg, filtered: bool = True,
         # generator order: candidate list position is its rank (topk returns sorted scores)
         pos = (gen_ids == tt[:, None]).float().argmax(1).to(torch.float64)
         gen.append(torch.where((gen_ids == tt[:, None]).any(1), pos, torch.full_like(pos, MISS)).cpu().numpy())
-    final, gen = np.concatenate(final), np.concatenate(gen)
+    return np.concatenate(final), np.concatenate(gen)
+
+
+def evaluate_model(model, split: Split, stage: str, ecfg, filtered: bool = True,
+                   users: np.ndarray | None = None, progress: bool = True) -> dict:
+    """Metrics of the served pipeline on ``stage`` ('val' or 'test'). Also reports the
+    Generator stage alone (``gen_HR@K``) and recall of the k1 candidate set."""
+    users = split.users if users is None else users
+    t0 = time.time()
+    final, gen = served_ranks(model, split, stage, ecfg, filtered, users, progress)
     res = metrics_from_ranks(final, ecfg.ks)
     res.update({f"gen_{k}": v for k, v in metrics_from_ranks(gen, ecfg.ks).items()})
     res[f"candidate_recall@{ecfg.k1}"] = float(np.isfinite(gen).mean())

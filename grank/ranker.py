@@ -50,20 +50,21 @@ class Ranker(nn.Module):
         ``detach_residual`` (training only; values unchanged) stops the loss from reaching the
         Generator through the residual score. ``own`` (training only, "fused" Ranker): r alone,
         without the Generator score mixed in."""
+        if own and not self.fused:
+            raise ValueError("own=True: only a 'fused' Ranker (model.ranker_score) has a score of its own")
         R = hist_emb.shape[1]
         mem = self.mem(hist_emb + self.rating(hist_ratings) + self.recency.weight[-R:])
         q, k, v = self.q(cand_emb), self.k(mem), self.v(mem)
         att = (q @ k.transpose(1, 2)) / math.sqrt(q.shape[-1])
         att = att.masked_fill(pad[:, None, :], NEG_INF).softmax(-1)  # [B, C, R]
         a = att @ v
-        if self.fused:
-            r = self.head(torch.cat([a, cand_emb, a * cand_emb], -1)).squeeze(-1)
-            return r if own else (user_vec[:, None, :] * cand_emb).sum(-1) / self.tau + self.fusion * r
-        u = user_vec[:, None, :].expand_as(cand_emb)
-        gen_score = (u * cand_emb).sum(-1) / self.tau
+        feats = [a, cand_emb, a * cand_emb]
+        if not self.fused:  # the residual head also sees the user vector
+            feats.append(user_vec[:, None, :] * cand_emb)
+        r = self.head(torch.cat(feats, -1)).squeeze(-1)
         if own:
-            raise ValueError("own=True: only a 'fused' Ranker (model.ranker_score) has a score of its own")
-        feats = torch.cat([a, cand_emb, a * cand_emb, u * cand_emb], -1)
+            return r
+        gen_score = (user_vec[:, None, :] * cand_emb).sum(-1) / self.tau
         if detach_residual:
             gen_score = gen_score.detach()
-        return gen_score + self.head(feats).squeeze(-1)
+        return gen_score + (self.fusion * r if self.fused else r)

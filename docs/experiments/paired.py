@@ -12,10 +12,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, '.')
-from grank.batches import eval_inputs
 from grank.data import load, split as make_split
-from grank.evaluate import list_ranks, recommend
-from grank.mips import seen_mask
+from grank.evaluate import served_ranks
 from grank.train import load_checkpoint
 
 torch.set_num_threads(2)
@@ -23,17 +21,10 @@ stage, paths = sys.argv[1], sys.argv[2:]
 
 
 def hits(path, k=10):
+    """[users] 1.0 where the served list has the held-out item in its top k"""
     model, cfg, _ = load_checkpoint(path)
-    sp = make_split(load(cfg.dataset), 0)
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(sp.users), 512):
-            ub = sp.users[s:s + 512]
-            ids, rat, feats, targets, seen = eval_inputs(sp, ub, stage, cfg.model.ranker_history)
-            o_ids, o_sc, _ = recommend(model, torch.as_tensor(ids), torch.as_tensor(rat), torch.as_tensor(feats),
-                                       cfg.eval.k1, cfg.eval.k2, seen_mask(seen, sp.data.n_items))
-            out.append(list_ranks(o_ids, o_sc, torch.as_tensor(targets)).numpy() < k)
-    return np.concatenate(out).astype(np.float64)
+    final, _ = served_ranks(model, make_split(load(cfg.dataset), 0), stage, cfg.eval, progress=False)
+    return (final < k).astype(np.float64)
 
 
 base = hits(paths[0])
