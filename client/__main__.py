@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--user", type=int, action="append", default=[], help="MovieLens user id (repeatable)")
     p.add_argument("--movies", type=_ints, help="explicit history: MovieLens movie ids, oldest first")
     p.add_argument("--ratings", type=_ints, help="ratings 1..5 for --movies (default 4 each)")
+    p.add_argument("--time", type=int, default=None,
+                   help="request time for --movies, Unix seconds (default now; e.g. 975000000 = "
+                        "Dec 2000, inside ML-1M's years, where the popularity counts are recent)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--async", dest="use_async", action="store_true", help="use the asyncio client")
     p = sub.add_parser("selfcheck", help="compare the server with the local PyTorch pipeline")
@@ -57,7 +60,7 @@ def _run(ap, a) -> int:
         t0 = time.perf_counter()
         try:
             if a.movies:
-                recs = [c.recommend_history(a.movies, a.ratings, k=a.k)]
+                recs = [c.recommend_history(a.movies, a.ratings, k=a.k, request_time=a.time)]
                 who = ["history " + ",".join(map(str, a.movies))]
             elif a.use_async:
                 recs = asyncio.run(c.recommend_async(a.user, a.k))

@@ -4,6 +4,10 @@
 - builds requests from a MovieLens user id (their newest R ratings) or from an explicit list
   of movie ids; tensor names, dtypes and shapes come from ``grank.signatures`` and the
   server's own model metadata (R and k2 are read from the server, never assumed);
+- carries the request's time (``request_time``, Unix seconds) where the served Ranker counts
+  popularity before it: for a MovieLens user the time of the newest rating sent (a replay, as
+  the offline evaluation does), for an explicit history the caller's ``request_time`` or the
+  clock; a model version without that input gets none;
 - checks every request before sending it (``grank.validation``: the same checks the server's
   ``grank_validate`` step applies) and raises ``ValueError`` naming the field and constraint;
 - ``recommend_async`` is the asyncio variant (``tritonclient.grpc.aio`` / ``.http.aio``).
@@ -14,6 +18,7 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,7 +72,9 @@ class GRankClient:
         dims = {t["name"]: [int(x) for x in t["dims"]] for t in cfg["input"] + cfg["output"]}
         self.history_length = dims["history_ids"][0]
         self.k2 = dims["item_ids"][0]
-        self.limits = limits_dict(data.n_items, self.history_length, data.user_feat_sizes)
+        self.input_names = [t["name"] for t in cfg["input"]]  # in the server's order
+        self.needs_time = "request_time" in self.input_names
+        self.limits = limits_dict(data.n_items, self.history_length, data.user_feat_sizes, self.needs_time)
 
     # ---- building requests ------------------------------------------------------------
     def user_request(self, user_ids, exclude_last: int = 0) -> dict:
@@ -80,12 +87,15 @@ class GRankClient:
                                  f"(valid: {min(self._user)}..{max(self._user)})")
             u = self._user[int(uid)]
             n = len(self.data.seq(u)) - exclude_last
-            rows.append((self.data.seq(u)[:n], self.data.rat(u)[:n].astype(np.int64), self.data.user_feats[u]))
+            when = int(self.data.times[self.data.offsets[u] + n - 1])  # replayed: just after the newest rating
+            rows.append((self.data.seq(u)[:n], self.data.rat(u)[:n].astype(np.int64), self.data.user_feats[u],
+                         when))
         return self._pack(rows, truncate=True)
 
-    def history_request(self, movie_ids, ratings=None, user_features=None) -> dict:
+    def history_request(self, movie_ids, ratings=None, user_features=None, request_time=None) -> dict:
         """Arrays for one explicit history: MovieLens movie ids, oldest first; ratings 1..5
-        (default DEFAULT_RATING); user_features [4] (default 0 = unknown for each)."""
+        (default DEFAULT_RATING); user_features [4] (default 0 = unknown for each);
+        request_time: Unix seconds (default now; sent only to a model version that takes it)."""
         movie_ids = list(movie_ids)
         if not movie_ids:
             raise ValueError("history: at least one movie id is required")
@@ -100,19 +110,24 @@ class GRankClient:
             raise ValueError(f"ratings: need one per movie ({len(movie_ids)}), got {len(ratings)}")
         feats = np.zeros(N_USER_FEATURES, np.int64) if user_features is None else np.asarray(user_features, np.int64)
         ids = np.array([self._dense[int(m)] for m in movie_ids], np.int64)
-        return self._pack([(ids, np.asarray(ratings, np.int64), feats)], truncate=False)
+        when = int(time.time()) if request_time is None else int(request_time)
+        return self._pack([(ids, np.asarray(ratings, np.int64), feats, when)], truncate=False)
 
     def _pack(self, rows, truncate: bool) -> dict:
         R = self.history_length
         B = len(rows)
         ids, rat = np.zeros((B, R), np.int64), np.zeros((B, R), np.int64)
         feats = np.zeros((B, N_USER_FEATURES), np.int64)
-        for b, (i, r, f) in enumerate(rows):
+        when = np.zeros((B, 1), np.int64)
+        for b, (i, r, f, t) in enumerate(rows):
             i, r = (i[-R:], r[-R:]) if truncate else (i, r)
             if len(i):
                 ids[b, -len(i):], rat[b, -len(i):] = i, r
-            feats[b] = f
-        return {"history_ids": ids, "history_ratings": rat, "user_features": feats}
+            feats[b], when[b] = f, t
+        out = {"history_ids": ids, "history_ratings": rat, "user_features": feats}
+        if self.needs_time:
+            out["request_time"] = when
+        return out
 
     # ---- calling the server -----------------------------------------------------------
     def check(self, arrays: dict) -> None:
@@ -120,14 +135,18 @@ class GRankClient:
         B = arrays["history_ids"].shape[0] if np.ndim(arrays["history_ids"]) == 2 else 0
         if B > self.max_batch_size:
             raise ValueError(f"batch: at most max_batch_size = {self.max_batch_size} rows per request, got {B}")
+        when = arrays.get("request_time")
         err = check_request(np.asarray(arrays["history_ids"]), np.asarray(arrays["history_ratings"]),
-                            np.asarray(arrays["user_features"]), self.limits)
+                            np.asarray(arrays["user_features"]), self.limits,
+                            None if when is None else np.asarray(when))
         if err:
             raise ValueError(err)
 
     def _inputs(self, m, arrays: dict):
         ins = []
         for t in signatures_inputs():
+            if t.name not in self.input_names:  # an input this model version does not take
+                continue
             a = np.ascontiguousarray(arrays[t.name])
             x = m.InferInput(t.name, list(a.shape), t.wire_type)
             x.set_data_from_numpy(a)
@@ -165,14 +184,17 @@ class GRankClient:
     def recommend_users(self, user_ids, k: int = 10, exclude_last: int = 0):
         return self.named(*self.infer(self.user_request(user_ids, exclude_last)), k)
 
-    def recommend_history(self, movie_ids, ratings=None, user_features=None, k: int = 10):
-        return self.named(*self.infer(self.history_request(movie_ids, ratings, user_features)), k)[0]
+    def recommend_history(self, movie_ids, ratings=None, user_features=None, k: int = 10,
+                          request_time=None):
+        return self.named(*self.infer(self.history_request(movie_ids, ratings, user_features,
+                                                           request_time)), k)[0]
 
     async def recommend_async(self, user_ids, k: int = 10):
         return self.named(*(await self.infer_async(self.user_request(user_ids))), k)
 
 
 def signatures_inputs():
-    """The ensemble's input tensors (names, dtypes), shape-independent."""
+    """Every input tensor an ensemble version may take (names, dtypes), shape-independent: the
+    default config's, with the request time (a Ranker using popularity) whatever the default."""
     from grank.config import make_config
-    return signatures(make_config("default"))[ENSEMBLE].inputs
+    return signatures(make_config("default", overrides={"model.ranker_popularity": True}))[ENSEMBLE].inputs

@@ -22,8 +22,9 @@ def reference(model, cfg, arrays: dict):
     t = {k: torch.as_tensor(v) for k, v in arrays.items()}
     excl = seen_mask([row[row > 0] for row in arrays["history_ids"]], model.n_items)
     with torch.no_grad():
+        when = t["request_time"][:, 0] if "request_time" in t else None
         ids, scores, _ = recommend(model, t["history_ids"], t["history_ratings"], t["user_features"],
-                                   cfg.eval.k1, cfg.eval.k2, excl)
+                                   cfg.eval.k1, cfg.eval.k2, excl, when)
     return ids.numpy(), scores.numpy()
 
 

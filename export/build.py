@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grank.data import Interactions, load
+from grank.signatures import ENSEMBLE, signatures
 from grank.train import load_checkpoint
 from grank.validation import limits_dict
 
@@ -42,5 +43,6 @@ def build_repository(ex: Exported, repository, version: int = 1, force: bool = F
     """Write configs + model files of ``ex`` into ``repository`` (refuses config drift)."""
     if any(ex.problems.values()):
         raise ValueError("refusing to build a repository from ONNX files that failed the parity check")
-    limits = limits_dict(ex.data.n_items, ex.cfg.model.ranker_history, ex.data.user_feat_sizes)
+    limits = limits_dict(ex.data.n_items, ex.cfg.model.ranker_history, ex.data.user_feat_sizes,
+                         "request_time" in {t.name for t in signatures(ex.cfg)[ENSEMBLE].inputs})
     return build(ex.cfg, ex.paths, limits, Path(repository), version, force)

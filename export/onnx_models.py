@@ -65,17 +65,20 @@ class MipsTopK(nn.Module):
 
 
 class RankerTopK(nn.Module):
-    """user_embedding [B, d], history [B, R] ids + ratings, candidate_ids [B, k1] ->
-    item_ids [B, k2] int64 and scores [B, k2] float32, best first."""
+    """user_embedding [B, d], history [B, R] ids + ratings, candidate_ids [B, k1] (+ request_time
+    [B, 1] int64 Unix seconds with ``model.ranker_popularity``: the popularity-by-day table is
+    then a constant of the graph) -> item_ids [B, k2] int64 and scores [B, k2] float32, best
+    first."""
 
     def __init__(self, model: GRank, k: int):
         super().__init__()
         self.model, self.k = model, k
         self.register_buffer("item_vectors", model.item_vectors().detach().clone())
 
-    def forward(self, user_embedding, history_ids, history_ratings, candidate_ids):
+    def forward(self, user_embedding, history_ids, history_ratings, candidate_ids, request_time=None):
+        when = None if request_time is None else request_time[:, 0]
         return self.model.rank_top_k(user_embedding, history_ids, history_ratings, candidate_ids,
-                                     self.k, self.item_vectors)
+                                     self.k, self.item_vectors, when)
 
 
 def graphs(model: GRank, k1: int, k2: int) -> dict[str, nn.Module]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grank.batches import eval_inputs
+from grank.batches import eval_inputs, eval_times
 from grank.data import split as make_split
 from grank.mips import topk_disagreements
 from grank.signatures import MIPS, RANKER, USER_ENCODER, signatures
@@ -34,7 +34,10 @@ def real_inputs(data, cfg, n_users: int = 64, seed: int = 0, stage: str = "test"
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(sp.users, size=min(n_users, len(sp.users)), replace=False))
     ids, rat, feats, _, _ = eval_inputs(sp, users, stage, cfg.model.ranker_history)
-    return {"history_ids": ids, "history_ratings": rat, "user_features": feats.astype(np.int64)}
+    out = {"history_ids": ids, "history_ratings": rat, "user_features": feats.astype(np.int64)}
+    if "request_time" in {t.name for t in signatures(cfg)[RANKER].inputs}:
+        out["request_time"] = eval_times(sp, users, stage)[:, None]  # the replayed request's time
+    return out
 
 
 def pipeline_arrays(graphs: dict, inputs: dict) -> dict:
@@ -43,8 +46,9 @@ def pipeline_arrays(graphs: dict, inputs: dict) -> dict:
     with torch.no_grad():
         t["user_embedding"] = graphs[USER_ENCODER](t["history_ids"], t["history_ratings"], t["user_features"])
         t["candidate_ids"], t["candidate_scores"] = graphs[MIPS](t["user_embedding"], t["history_ids"])
+        when = (t["request_time"],) if "request_time" in t else ()
         t["item_ids"], t["scores"] = graphs[RANKER](t["user_embedding"], t["history_ids"],
-                                                    t["history_ratings"], t["candidate_ids"])
+                                                    t["history_ratings"], t["candidate_ids"], *when)
     return {k: v.numpy() for k, v in t.items()}
 
 

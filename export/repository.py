@@ -99,8 +99,8 @@ def _ensemble_config(sigs: dict) -> str:
               {"user_embedding": "user_embedding"}),
         _step(MIPS, {"user_embedding": "user_embedding", "history_ids": v("history_ids")},
               {"candidate_ids": "candidate_ids"}),
-        _step(RANKER, {"user_embedding": "user_embedding", "history_ids": v("history_ids"),
-                       "history_ratings": v("history_ratings"), "candidate_ids": "candidate_ids"},
+        _step(RANKER, {t.name: t.name if t.name in ("user_embedding", "candidate_ids") else v(t.name)
+                       for t in sigs[RANKER].inputs},
               {t.name: t.name for t in ens.outputs}),
     ]
     return (f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'

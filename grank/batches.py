@@ -63,3 +63,11 @@ def eval_inputs(split: Split, users: np.ndarray, stage: str, length: int):
     targets = np.array([split.target(int(u), stage) for u in users], dtype=np.int64)
     seen = [split.data.seq(int(u))[:e] for u, e in zip(users, ends)]
     return ids, rat, split.data.user_feats[users], targets, seen
+
+
+def eval_times(split: Split, users: np.ndarray, stage: str) -> np.ndarray:
+    """Request time [B] int64 (Unix seconds) of evaluating ``stage`` for ``users``: the time of
+    the newest visible interaction, as a replayed request would carry it."""
+    d = split.data
+    ends = np.array([split.history_len(int(u), stage) for u in users], dtype=np.int64)
+    return d.times[d.offsets[users] + ends - 1]

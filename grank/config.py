@@ -40,8 +40,15 @@ class ModelConfig:
     #   the sum; "fused": the Ranker scores each candidate from the long history alone (no user
     #   vector), L_CA-info on that score alone (the paper's "InfoNCE over the ranker scores"), and
     #   the served score is Generator score + ranker_fusion x Ranker score.
-    ranker_score: str = "residual"
-    ranker_fusion: float = 0.5
+    # "fused" since the eighth session (docs/EXPERIMENTS.md, "Popularity as of the request");
+    # 0.3: the fusion weight with the best validation HR@10 averaged over two seeds (a fused
+    # Ranker's training never reads it: only the served score and the best-epoch choice do).
+    ranker_score: str = "fused"
+    ranker_fusion: float = 0.3
+    # The Ranker's head also sees each candidate's popularity in the days before the request
+    # (grank.popularity): an input the Generator's single inner product cannot have. Served
+    # requests then carry their time (the ensemble input ``request_time``).
+    ranker_popularity: bool = True
 
 
 @dataclass
@@ -71,6 +78,10 @@ class TrainConfig:
     # (the user vector enters the Ranker detached), so the Ranker cannot trade next-item quality
     # of the served user vector for its own loss.
     ranker_detach: bool = False
+    # False: the Ranker reads the shared item table (its candidates and history) but L_CA-info
+    # does not update it, so the Ranker cannot trade the Generator's next-item quality for its
+    # own loss through the table they share (docs/EXPERIMENTS.md, "Popularity as of the request").
+    ranker_updates_table: bool = False
     # L_CA at this many of the ntp_positions supervised slots per window (the newest and
     # random others), each with the history visible at that slot. 1: the newest only, whose
     # target the Generator sees every epoch and memorises, so the Ranker trains on lists far
@@ -97,11 +108,15 @@ class EvalConfig:
 @dataclass
 class ServeConfig:
     """The shape the exported model repository serves where it differs from the trained and
-    evaluated one (0 keeps that). Measured (`make perf-tune`, docs/PERFORMANCE.md): the Ranker
-    re-scoring 200 candidates over the newest 128 history items gives the same test HR@10 as
-    500 over 256 (0.2985 both) at about 1.4x the ensemble's throughput on the 2-core CPU."""
+    evaluated one (0 keeps that). Measured (`make perf-tune`, docs/PERFORMANCE.md), with the
+    residual Ranker of the time: re-scoring 200 candidates over the newest 128 history items gave
+    the same test HR@10 as 500 over 256 (0.2985 both) at about 1.4x the ensemble's throughput on
+    the 2-core CPU. With the default Ranker since the eighth session (`python -m grank evaluate
+    --set ...`, seed 0): 200 candidates keep the 500's HR@10 exactly (validation 0.3132, test
+    0.3010), a 128-item history does not (0.3121, 0.2992: U's pooled means and the Ranker both
+    see less), so the repository serves 200 over the trained 256."""
     k1: int = 200       # MIPS candidates the served Ranker re-scores (0: eval.k1)
-    history: int = 128  # history items a request carries, newest last (0: model.ranker_history)
+    history: int = 0    # history items a request carries, newest last (0: model.ranker_history)
 
 
 @dataclass
@@ -119,7 +134,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        d = dict(d)
+        d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+        for key, old in LEGACY_DEFAULTS.items():  # configs saved before a setting existed
+            section, name = key.split(".")
+            if isinstance(d.setdefault(section, {}), dict):
+                d[section].setdefault(name, old)
         sub = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig}
         kwargs = {}
         for f in fields(cls):
@@ -130,6 +149,15 @@ class Config:
         if d:
             raise ValueError(f"unknown config keys: {sorted(d)}")
         return cls(**kwargs)
+
+
+# Settings added after checkpoints were already saved, with the value that reproduces how those
+# checkpoints were trained and are served (a later default must not change an older model).
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "model.ranker_score": "residual", "model.ranker_fusion": 0.5,  # 7th session; "fused" since the 8th
+    "model.ranker_popularity": False, "train.ranker_updates_table": True,  # 8th session
+    "serve.history": 128,  # the serve section's first default (0 = the trained history since the 8th)
+}
 
 
 def effective_dict(cfg: Config) -> dict:
@@ -145,8 +173,8 @@ def effective_dict(cfg: Config) -> dict:
         t.pop("aux_negatives")
         w[1] = None
     if not m["ranker"]:
-        m.pop("ranker_score"), m.pop("ranker_fusion")
-        for k in ("ranker_hard", "ranker_hard_pool", "ranker_random", "ranker_detach",
+        m.pop("ranker_score"), m.pop("ranker_fusion"), m.pop("ranker_popularity")
+        for k in ("ranker_hard", "ranker_hard_pool", "ranker_random", "ranker_detach", "ranker_updates_table",
                   "ranker_holdout", "ranker_slots"):
             t.pop(k)
         w[2] = None

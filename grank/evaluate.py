@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batches import eval_inputs
+from .batches import eval_inputs, eval_times
 from .data import Split
 from .mips import mips_top_k, seen_mask
 
@@ -51,16 +51,18 @@ def metrics_from_ranks(ranks, ks) -> dict:
 
 
 @torch.no_grad()
-def recommend(model, hist_ids, hist_ratings, user_feats, k1: int, k2: int, exclude=None):
+def recommend(model, hist_ids, hist_ratings, user_feats, k1: int, k2: int, exclude=None,
+              request_time=None):
     """The two-stage pipeline as served. Inputs are torch tensors ([B, R] int64 histories,
-    [B, 4] int64 profile, optional [B, N+1] bool exclusion). Returns (ids [B, k2], scores
-    [B, k2], generator ids [B, k1])."""
+    [B, 4] int64 profile, optional [B, N+1] bool exclusion, [B] int64 request times for a
+    Ranker with ``model.ranker_popularity``). Returns (ids [B, k2], scores [B, k2], generator
+    ids [B, k1])."""
     table = model.item_vectors()
     u = model.encode_users(hist_ids, hist_ratings, user_feats, table)
     gen_scores, gen_ids = mips_top_k(u, table, k1, model.cfg.tau, exclude)
     if model.ranker is None:
         return gen_ids[:, :k2], gen_scores[:, :k2], gen_ids
-    ids, top = model.rank_top_k(u, hist_ids, hist_ratings, gen_ids, k2, table)
+    ids, top = model.rank_top_k(u, hist_ids, hist_ratings, gen_ids, k2, table, request_time)
     return ids, top, gen_ids
 
 
@@ -81,7 +83,7 @@ def served_ranks(model, split: Split, stage: str, ecfg, filtered: bool = True,
         excl = seen_mask(seen, n_items) if filtered else None
         out_ids, out_scores, gen_ids = recommend(
             model, torch.as_tensor(ids), torch.as_tensor(rat), torch.as_tensor(feats),
-            ecfg.k1, ecfg.k2, excl)
+            ecfg.k1, ecfg.k2, excl, torch.as_tensor(eval_times(split, ub, stage)))
         tt = torch.as_tensor(targets)
         final.append(list_ranks(out_ids, out_scores, tt).cpu().numpy())
         # generator order: candidate list position is its rank (topk returns sorted scores)

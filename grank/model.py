@@ -4,7 +4,8 @@ Training code (losses, negatives) lives in ``train.py``; this module holds only 
 - ``item_vectors()``: [N+1, d] precomputed item vectors (row 0 = padding), shared by the
   Generator's inputs, the MIPS table and the Ranker's candidates;
 - ``encode_users(...)``: history + profile -> user vector [B, d] (the U output);
-- ``rank(...)``: user vector + history + candidate ids -> scores [B, C].
+- ``rank(...)``: user vector + history + candidate ids (+ request time with
+  ``model.ranker_popularity``) -> scores [B, C].
 MIPS score = <user_vector, item_vector> / tau (a plain inner product; tau only scales).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .data import N_YEAR_BUCKETS
 from .generator import Generator
+from .popularity import RecentPopularity
 from .ranker import Ranker
 
 
@@ -66,7 +68,8 @@ def prefix_means(emb: torch.Tensor, mask: torch.Tensor, window: int = 0) -> torc
 
 
 class GRank(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_items: int, user_feat_sizes: tuple, genres, years):
+    def __init__(self, cfg: ModelConfig, n_items: int, user_feat_sizes: tuple, genres, years,
+                 popularity: RecentPopularity | None = None):
         super().__init__()
         if cfg.ranker_history < cfg.max_history:
             raise ValueError("model.ranker_history must be >= model.max_history "
@@ -77,6 +80,12 @@ class GRank(nn.Module):
         self.generator = Generator(cfg, user_feat_sizes)
         self.ranker = Ranker(cfg) if cfg.ranker else None
         init_embeddings(self)
+        # item statistics by day (a buffer, no parameters): only a Ranker that uses them has them
+        uses = cfg.ranker and cfg.ranker_popularity
+        if uses and popularity is None:
+            raise ValueError("model.ranker_popularity: the model needs the training counts "
+                             "(grank.popularity.RecentPopularity.from_data)")
+        self.popularity = popularity if uses else None
 
     def item_vectors(self) -> torch.Tensor:
         return self.items()
@@ -111,9 +120,11 @@ class GRank(nn.Module):
         _, x_out = g.run(h, pad[:, -L:], x, vis)
         return x_out[:, 0]
 
-    def rank(self, user_vec, hist_ids, hist_ratings, cand_ids, table=None):
-        """user_vec: [B, d]; hist_ids/hist_ratings: [B, R]; cand_ids: [B, C] int64 ->
-        scores [B, C]. Without a Ranker (ablations) the MIPS score is returned."""
+    def rank(self, user_vec, hist_ids, hist_ratings, cand_ids, table=None, request_time=None):
+        """user_vec: [B, d]; hist_ids/hist_ratings: [B, R]; cand_ids: [B, C] int64;
+        request_time: [B] int64 Unix seconds (used, and required, only with
+        ``model.ranker_popularity``) -> scores [B, C]. Without a Ranker (ablations) the MIPS
+        score is returned."""
         table = self.item_vectors() if table is None else table
         cand = F.embedding(cand_ids, table)
         if self.ranker is None:
@@ -121,11 +132,21 @@ class GRank(nn.Module):
         R = self.cfg.ranker_history
         hist_ids, hist_ratings = hist_ids[:, -R:], hist_ratings[:, -R:]
         return self.ranker(user_vec, cand, F.embedding(hist_ids, table), hist_ratings,
-                           hist_ids == 0)
+                           hist_ids == 0, self.candidate_popularity(request_time, cand_ids))
 
-    def rank_top_k(self, user_vec, hist_ids, hist_ratings, cand_ids, k: int, table=None):
+    def candidate_popularity(self, request_time, cand_ids):
+        """[B, C, 3] popularity features of cand_ids [B, C] as of request_time [B], or None
+        when the Ranker does not use them."""
+        if self.popularity is None:
+            return None
+        if request_time is None:
+            raise ValueError("request_time: required by a Ranker with model.ranker_popularity")
+        return self.popularity(request_time, cand_ids)
+
+    def rank_top_k(self, user_vec, hist_ids, hist_ratings, cand_ids, k: int, table=None,
+                   request_time=None):
         """The Ranker stage as served: scores ``cand_ids`` [B, C] and keeps the best ``k``.
         Returns (ids [B, k] int64 taken from cand_ids, scores [B, k] float32), best first."""
-        scores = self.rank(user_vec, hist_ids, hist_ratings, cand_ids, table)
+        scores = self.rank(user_vec, hist_ids, hist_ratings, cand_ids, table, request_time)
         top, pos = scores.topk(k, dim=1)
         return cand_ids.gather(1, pos), top

@@ -6,9 +6,11 @@ Shapes (B users, C candidates, R long-history slots, d = ``d_model``):
 - ``model.ranker_score = "residual"``: score = <u, v_c> / tau (the Generator's own MIPS score)
   + MLP([a, v_c, a*v_c, u*v_c]), trained on that sum: the Ranker starts from the Generator's
   order and learns target-aware corrections;
-- ``"fused"``: the Ranker's own score r = MLP([a, v_c, a*v_c]) never sees the user vector and is
-  trained on its own (L_CA-info over the Ranker's scores, as the paper states); served score =
-  <u, v_c> / tau + ``model.ranker_fusion`` * r.
+- ``"fused"`` (the default): the Ranker's own score r = MLP([a, v_c, a*v_c]) never sees the user
+  vector and is trained on its own (L_CA-info over the Ranker's scores, as the paper states);
+  served score = <u, v_c> / tau + ``model.ranker_fusion`` * r.
+With ``model.ranker_popularity`` (the default) the head also sees each candidate's popularity as
+of the request ([B, C, 3], ``grank.popularity``), appended to its input in both forms.
 Whether the Ranker sees U or mixes in the MIPS score is ours to choose (the paper does not say).
 Why "fused" exists: trained as a residual on lists whose targets the Generator has memorised,
 the correction learns to defer to the (in-sample, over-confident) Generator score; scored on
@@ -23,6 +25,7 @@ import torch.nn as nn
 
 from .config import ModelConfig
 from .generator import NEG_INF
+from .popularity import N_FEATURES
 
 
 class Ranker(nn.Module):
@@ -36,20 +39,25 @@ class Ranker(nn.Module):
         self.recency = nn.Embedding(cfg.ranker_history, d)
         self.mem = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.head = nn.Sequential(nn.Linear((3 if self.fused else 4) * d, d), nn.GELU(), nn.Dropout(cfg.dropout),
+        self.n_pop = N_FEATURES if cfg.ranker_popularity else 0
+        self.head = nn.Sequential(nn.Linear((3 if self.fused else 4) * d + self.n_pop, d), nn.GELU(),
+                                  nn.Dropout(cfg.dropout),
                                   nn.Linear(d, 1))
         # zero-initialised last layer: an untrained Ranker returns the Generator's order exactly
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, detach_residual: bool = False,
-                own: bool = False):
+    def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, cand_pop=None,
+                detach_residual: bool = False, own: bool = False):
         """user_vec: [B, d]; cand_emb: [B, C, d]; hist_emb: [B, R, d]; hist_ratings: [B, R]
-        int64; pad: [B, R] bool (True = padding). Returns scores [B, C] float32, as served, or
-        with ``own`` the Ranker's own scores r [B, C].
+        int64; pad: [B, R] bool (True = padding); cand_pop: [B, C, 3] float32 popularity
+        features (required exactly when ``model.ranker_popularity``). Returns scores [B, C]
+        float32, as served, or with ``own`` the Ranker's own scores r [B, C].
         ``detach_residual`` (training only; values unchanged) stops the loss from reaching the
         Generator through the residual score. ``own`` (training only, "fused" Ranker): r alone,
         without the Generator score mixed in."""
+        if (cand_pop is None) != (self.n_pop == 0):
+            raise ValueError("cand_pop: needed exactly when model.ranker_popularity is set")
         if own and not self.fused:
             raise ValueError("own=True: only a 'fused' Ranker (model.ranker_score) has a score of its own")
         R = hist_emb.shape[1]
@@ -61,6 +69,8 @@ class Ranker(nn.Module):
         feats = [a, cand_emb, a * cand_emb]
         if not self.fused:  # the residual head also sees the user vector
             feats.append(user_vec[:, None, :] * cand_emb)
+        if cand_pop is not None:
+            feats.append(cand_pop)
         r = self.head(torch.cat(feats, -1)).squeeze(-1)
         if own:
             return r

@@ -9,10 +9,12 @@ k1 = ``eval.k1``, k2 = ``eval.k2`` of the checkpoint's config.
 The ensemble ``grank``::
 
     history_ids [R] int64, history_ratings [R] int64, user_features [4] int64
+    (+ request_time [1] int64 when the Ranker uses popularity, ``model.ranker_popularity``)
       -> grank_validate      (Python backend: range checks with errors naming the field)
       -> grank_user_encoder  (ONNX: Generator, -> user_embedding [d] float32)
       -> grank_mips          (ONNX: item table as a constant, history excluded, top-k1)
-      -> grank_ranker        (ONNX: cross-attention Ranker, top-k2)
+      -> grank_ranker        (ONNX: cross-attention Ranker, top-k2; with request_time, the
+                              popularity-by-day table as a constant)
     -> item_ids [k2] int64 (dense ids, best first), scores [k2] float32
 """
 from __future__ import annotations
@@ -80,13 +82,18 @@ def signatures(cfg: Config) -> dict[str, Signature]:
     cscores = Tensor("candidate_scores", "float32", (k1,), "<user_embedding, item vector> / tau")
     ids = Tensor("item_ids", "int64", (k2,), "the Ranker's top-k2 dense ids, best first")
     scores = Tensor("scores", "float32", (k2,), "Ranker scores of item_ids")
-    checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc) for t in (hist, rat, feats))
+    # the request's time exists only where the Ranker counts popularity before it
+    when = (Tensor("request_time", "int64", (1,), "Unix seconds of the request (>= 0): the "
+                   "Ranker's popularity features count the days before it"),) \
+        if cfg.model.ranker and cfg.model.ranker_popularity else ()
+    request = (hist, rat, feats) + when
+    checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc) for t in request)
     return {
-        ENSEMBLE: Signature(ENSEMBLE, (hist, rat, feats), (ids, scores)),
-        VALIDATE: Signature(VALIDATE, (hist, rat, feats), checked),
+        ENSEMBLE: Signature(ENSEMBLE, request, (ids, scores)),
+        VALIDATE: Signature(VALIDATE, request, checked),
         USER_ENCODER: Signature(USER_ENCODER, (hist, rat, feats), (user,)),
         MIPS: Signature(MIPS, (user, hist), (cids, cscores)),
-        RANKER: Signature(RANKER, (user, hist, rat, cids), (ids, scores)),
+        RANKER: Signature(RANKER, (user, hist, rat, cids) + when, (ids, scores)),
     }
 
 

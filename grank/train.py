@@ -31,10 +31,12 @@ from .data import Interactions, Split, fingerprint, split as make_split
 from .evaluate import evaluate_model
 from .generator import NEG_INF
 from .model import GRank
+from .popularity import RecentPopularity
 
 
 def build_model(cfg: Config, data: Interactions) -> GRank:
-    return GRank(cfg.model, data.n_items, data.user_feat_sizes, data.item_genres, data.item_year)
+    pop = RecentPopularity.from_data(data) if cfg.model.ranker and cfg.model.ranker_popularity else None
+    return GRank(cfg.model, data.n_items, data.user_feat_sizes, data.item_genres, data.item_year, pop)
 
 
 def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Config) -> dict:
@@ -49,10 +51,13 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
     # the window ending at the user's last training item (the Split keeps the last two items
     # of every sequence for validation and test)
     is_last = ends == data.offsets[users + 1] - data.offsets[users] - 3
+    # time of each long-history slot (0 in padding): a request made right after that slot
+    idx = (data.offsets[users] + ends)[:, None] - ids.shape[1] + np.arange(ids.shape[1])
+    times = np.where(ids != 0, data.times[np.clip(idx, 0, None)], 0)
     t = torch.as_tensor
     return dict(hist_ids=t(ids), hist_ratings=t(rat), target=t(target.astype(np.int64)),
                 ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]),
-                is_last=t(is_last))
+                is_last=t(is_last), hist_times=t(times))
 
 
 def seen_before(hist_ids: torch.Tensor, slots: torch.Tensor, n_ids: int) -> torch.Tensor:
@@ -152,7 +157,9 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
         if holdout:  # L_CA on the held-out targets only
             keep = keep & batch["is_last"][:, None]
         gl = logits[:, ks]
-        u, gl, v_ids, v_rat, v_emb, tgt = (x[keep] for x in (states[:, ks], gl, v_ids, v_rat, v_emb, tgt))
+        v_time = batch["hist_times"][:, pos[ks] + R - L]  # [B, K] the request time at each slot
+        u, gl, v_ids, v_rat, v_emb, tgt, v_time = (
+            x[keep] for x in (states[:, ks], gl, v_ids, v_rat, v_emb, tgt, v_time))
         n = len(tgt)
     if model.ranker is not None and n:
         with torch.no_grad():
@@ -165,8 +172,13 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
             rand = torch.randint(1, table.shape[0], (n, tc.ranker_random))
             cand_r = torch.cat([tgt[:, None], hard, rand], 1)
         u = u.detach() if tc.ranker_detach else u
+        if not tc.ranker_updates_table:  # the Ranker reads the shared table, L_CA does not write it
+            v_emb, cand_table = v_emb.detach(), table.detach()
+        else:
+            cand_table = table
         # a "fused" Ranker learns its own score (the Generator score is mixed in only when served)
-        s = model.ranker(u, F.embedding(cand_r, table), v_emb, v_rat, v_ids == 0, detach_residual=holdout,
+        s = model.ranker(u, F.embedding(cand_r, cand_table), v_emb, v_rat, v_ids == 0,
+                         model.candidate_popularity(v_time, cand_r), detach_residual=holdout,
                          own=model.ranker.fused)
         s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == tgt[:, None], NEG_INF)
         out["ca"] = F.cross_entropy(s, torch.zeros(n, dtype=torch.long))

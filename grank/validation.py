@@ -13,10 +13,12 @@ import numpy as np
 MAX_RATING = 5
 
 
-def limits_dict(n_items: int, history_length: int, user_feature_sizes) -> dict:
-    """What the checks need to know about one model version (stored as ``limits.json``)."""
+def limits_dict(n_items: int, history_length: int, user_feature_sizes, request_time: bool = False) -> dict:
+    """What the checks need to know about one model version (stored as ``limits.json``);
+    ``request_time``: whether requests carry their time (a Ranker using popularity)."""
     return {"n_items": int(n_items), "history_length": int(history_length),
-            "user_feature_sizes": [int(s) for s in user_feature_sizes], "max_rating": MAX_RATING}
+            "user_feature_sizes": [int(s) for s in user_feature_sizes], "max_rating": MAX_RATING,
+            "request_time": bool(request_time)}
 
 
 def _first(mask: np.ndarray) -> str:
@@ -24,20 +26,32 @@ def _first(mask: np.ndarray) -> str:
     return f"row {r} slot {c}"
 
 
-def check_request(history_ids, history_ratings, user_features, limits: dict) -> str | None:
-    """Arrays of one request ([B, R], [B, R], [B, F] int64). Returns None when valid, else a
-    message naming the first violated field and its constraint."""
+def check_request(history_ids, history_ratings, user_features, limits: dict,
+                  request_time=None) -> str | None:
+    """Arrays of one request ([B, R], [B, R], [B, F] int64, and [B, 1] int64 Unix seconds where
+    ``limits["request_time"]``). Returns None when valid, else a message naming the first
+    violated field and its constraint."""
     n, R = limits["n_items"], limits["history_length"]
     sizes = limits["user_feature_sizes"]
-    for name, a, width in (("history_ids", history_ids, R), ("history_ratings", history_ratings, R),
-                           ("user_features", user_features, len(sizes))):
+    fields = [("history_ids", history_ids, R), ("history_ratings", history_ratings, R),
+              ("user_features", user_features, len(sizes))]
+    if limits.get("request_time"):
+        if request_time is None:
+            return "request_time: required by this model version ([batch, 1] int64 Unix seconds)"
+        fields.append(("request_time", request_time, 1))
+    for name, a, width in fields:
         a = np.asarray(a)
         if a.dtype != np.int64:
             return f"{name}: dtype must be int64, got {a.dtype}"
         if a.ndim != 2 or a.shape[1] != width:
             return f"{name}: shape must be [batch, {width}], got {list(a.shape)}"
-    if not (history_ids.shape[0] == history_ratings.shape[0] == user_features.shape[0]):
-        return "history_ids, history_ratings, user_features: batch sizes must be equal"
+    if len({np.shape(a)[0] for _, a, _ in fields}) > 1:
+        return f"{', '.join(f for f, _, _ in fields)}: batch sizes must be equal"
+    if limits.get("request_time"):
+        bad = np.asarray(request_time)[:, 0] < 0
+        if bad.any():
+            return (f"request_time: must be Unix seconds >= 0, got {int(np.asarray(request_time)[bad][0, 0])} "
+                    f"at row {int(np.flatnonzero(bad)[0])}")
     bad = (history_ids < 0) | (history_ids > n)
     if bad.any():
         return (f"history_ids: item ids must be in 0..{n} (0 = padding), got "

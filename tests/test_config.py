@@ -83,8 +83,9 @@ def test_serving_config_changes_only_serving_settings():
 def test_served_config_applies_the_serve_section_and_overrides_on_top():
     from grank.config import served_config
     cfg = make_config("default")
-    assert (served_config(cfg).eval.k1, served_config(cfg).model.ranker_history) == (200, 128)
+    assert (served_config(cfg).eval.k1, served_config(cfg).model.ranker_history) == (200, 256)
     assert served_config(cfg, {"serve.k1": "300"}).eval.k1 == 300  # a serve.* override is honoured
+    assert served_config(cfg, {"serve.history": 128}).model.ranker_history == 128
     assert served_config(cfg, {"serve.history": 0}).model.ranker_history == 256  # 0 = the trained one
     assert served_config(cfg, {"eval.k1": 1000}).eval.k1 == 1000
     with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[64"):
@@ -99,12 +100,31 @@ def test_ranker_score_settings_are_checked_and_ignored_without_a_ranker():
         make_config("tiny", "grank", overrides={"model.ranker_fusion": 0})
     # a Ranker setting cannot invalidate the checkpoint of a variant without a Ranker
     a = make_config("tiny", "generator_only")
-    b = make_config("tiny", "generator_only", overrides={"model.ranker_score": "fused"})
-    assert effective_dict(a) == effective_dict(b)
+    for over in ({"model.ranker_score": "residual"}, {"model.ranker_popularity": False},
+                 {"train.ranker_updates_table": True}):
+        assert effective_dict(a) == effective_dict(make_config("tiny", "generator_only", overrides=over))
+        assert effective_dict(make_config("tiny", "grank")) != effective_dict(
+            make_config("tiny", "grank", overrides=over))
+    # the fusion weight only matters to a fused Ranker (the default)
+    residual = {"model.ranker_score": "residual"}
+    assert effective_dict(make_config("tiny", "grank", overrides=residual)) == effective_dict(
+        make_config("tiny", "grank", overrides={**residual, "model.ranker_fusion": 2.0}))
     assert effective_dict(make_config("tiny", "grank")) != effective_dict(
-        make_config("tiny", "grank", overrides={"model.ranker_score": "fused"}))
-    # the fusion weight only matters to a fused Ranker
-    assert effective_dict(make_config("tiny", "grank")) == effective_dict(
         make_config("tiny", "grank", overrides={"model.ranker_fusion": 2.0}))
-    assert effective_dict(make_config("tiny", "grank", overrides={"model.ranker_score": "fused"})) != effective_dict(
-        make_config("tiny", "grank", overrides={"model.ranker_score": "fused", "model.ranker_fusion": 2.0}))
+
+
+def test_configs_saved_before_a_setting_existed_keep_their_behaviour():
+    """A checkpoint's config without the Ranker settings added later (grank.config.LEGACY_DEFAULTS)
+    loads as it was trained: residual Ranker, no popularity, L_CA updating the shared table."""
+    from grank.config import LEGACY_DEFAULTS, Config
+    d = make_config("default", "grank").to_dict()
+    for key in LEGACY_DEFAULTS:
+        section, name = key.split(".")
+        d[section].pop(name)
+    old = Config.from_dict(d)
+    assert (old.model.ranker_score, old.model.ranker_fusion, old.model.ranker_popularity,
+            old.train.ranker_updates_table, old.serve.history) == ("residual", 0.5, False, True, 128)
+    new = make_config("default", "grank")
+    assert (new.model.ranker_score, new.model.ranker_popularity, new.train.ranker_updates_table) == \
+        ("fused", True, False)
+    assert Config.from_dict(new.to_dict()) == new  # saved configs hold every key: no fill-in

@@ -119,7 +119,7 @@ def test_parity_tolerates_tie_swaps_but_not_wrong_ids(tiny_export, tmp_path):
 def test_export_serves_the_checkpoints_serve_shape(tiny_trained, ml100k, tmp_path):
     """A checkpoint's ``serve`` section (grank.config.ServeConfig) sets the exported shape,
     ``serving`` overrides go on top, and a checkpoint saved before the section existed gets the
-    defaults (the measured 200 x 128 for default-preset models)."""
+    shape of that time (200 x 128, grank.config.LEGACY_DEFAULTS)."""
     import torch
 
     from export.build import export_checkpoint
@@ -136,7 +136,7 @@ def test_export_serves_the_checkpoints_serve_shape(tiny_trained, ml100k, tmp_pat
                             serving={"eval.k1": 40})
     assert (ex2.cfg.eval.k1, ex2.cfg.model.ranker_history) == (40, 16)
     del ck["config"]["serve"]  # an older checkpoint
-    assert Config.from_dict(ck["config"]).serve == ServeConfig() == ServeConfig(k1=200, history=128)
+    assert Config.from_dict(ck["config"]).serve == ServeConfig(k1=200, history=128) != ServeConfig()
 
 
 def test_blocked_mips_exports_with_parity(tiny_export, tmp_path):

@@ -23,6 +23,11 @@ def _inputs(ml100k, B=6, R=32, seed=0):
     return ids, rat, feats
 
 
+def _when(ml100k, B=6):
+    """Request times [B] inside the data's range (the default Ranker counts popularity before them)."""
+    return torch.as_tensor(ml100k.times[:: len(ml100k.times) // B][:B])
+
+
 def _train_forward(m, ids, rat, feats, cand=None):
     """The training-time layout: U tokens for every slot (+ optional auxiliary tokens)."""
     L = m.cfg.max_history
@@ -109,7 +114,7 @@ def test_padding_row_is_zero_and_ranker_scores_shape(ml100k):
         assert torch.count_nonzero(t[0]) == 0
         u = m.encode_users(ids, rat, feats)
         cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
-        s = m.rank(u, ids, rat, cand)
+        s = m.rank(u, ids, rat, cand, request_time=_when(ml100k))
     assert s.shape == (6, 11) and torch.isfinite(s).all()
 
 
@@ -128,7 +133,8 @@ def test_untrained_ranker_keeps_the_generator_order(ml100k):
         u = m.encode_users(ids, rat, feats)
         cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
         mips = (u[:, None, :] * torch.nn.functional.embedding(cand, m.item_vectors())).sum(-1)
-        assert torch.allclose(m.rank(u, ids, rat, cand), mips / cfg.model.tau, atol=1e-5)
+        assert torch.allclose(m.rank(u, ids, rat, cand, request_time=_when(ml100k)), mips / cfg.model.tau,
+                              atol=1e-5)
 
 
 def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(tiny_trained, ml100k):
@@ -137,7 +143,7 @@ def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(ti
     pooled means line up from the newest slot, so nothing is re-learnt or shifted."""
     import torch
 
-    from grank.batches import eval_inputs
+    from grank.batches import eval_inputs, eval_times
     from grank.data import split
     from grank.train import load_checkpoint
     model, cfg, out, _ = tiny_trained
@@ -152,12 +158,13 @@ def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(ti
     cut_ids[:, :16] = 0
     cut_rat[:, :16] = 0
     cand = torch.randint(1, ml100k.n_items + 1, (len(users), 20))
+    when = torch.as_tensor(eval_times(sp, users, "test"))
     with torch.no_grad():
         u_full = model.encode_users(cut_ids, cut_rat, feats)
         u_short = short.encode_users(ids[:, 16:], rat[:, 16:], feats)
         torch.testing.assert_close(u_short, u_full)
-        torch.testing.assert_close(short.rank(u_short, ids[:, 16:], rat[:, 16:], cand),
-                                   model.rank(u_full, cut_ids, cut_rat, cand))
+        torch.testing.assert_close(short.rank(u_short, ids[:, 16:], rat[:, 16:], cand, request_time=when),
+                                   model.rank(u_full, cut_ids, cut_rat, cand, request_time=when))
         assert not torch.allclose(model.encode_users(ids, rat, feats), u_full)  # the cut mattered
 
 
@@ -165,7 +172,8 @@ def test_fused_ranker_scores_without_the_user_vector(ml100k):
     """model.ranker_score="fused": the Ranker's own score never sees the user vector, the served
     score is the MIPS score + model.ranker_fusion x it, and an untrained one keeps the Generator
     order (zero-initialised last layer)."""
-    m, cfg = _model(ml100k, **{"model.ranker_score": "fused", "model.ranker_fusion": 0.7})
+    m, cfg = _model(ml100k, **{"model.ranker_score": "fused", "model.ranker_fusion": 0.7,
+                               "model.ranker_popularity": False})
     ids, rat, feats = _inputs(ml100k)
     cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
     with torch.no_grad():
@@ -183,6 +191,6 @@ def test_fused_ranker_scores_without_the_user_vector(ml100k):
         assert torch.equal(own, m.ranker(torch.randn_like(u), *args, own=True))  # no user vector in it
         assert own.abs().max() > 1e-3
         assert torch.allclose(m.rank(u, ids, rat, cand), mips + 0.7 * own, atol=1e-5)
-    residual, _ = _model(ml100k)
+    residual, _ = _model(ml100k, **{"model.ranker_score": "residual", "model.ranker_popularity": False})
     with pytest.raises(ValueError, match="only a 'fused' Ranker"):
         residual.ranker(u, *args, own=True)

@@ -10,8 +10,11 @@ def test_input_data_is_real_users_in_signature_shapes(triton_server, ml100k, tmp
     c = GRankClient(triton_server.grpc_url, "grpc", data=ml100k)
     d = json.loads(write_input_data(c, tmp_path / "in.json", n_users=20).read_text())["data"]
     assert len(d) == 20
+    names = [t["name"] for t in c.client.get_model_config("grank", as_json=True)["config"]["input"]]
+    assert "request_time" in names  # the default Ranker counts popularity before the request
     for e in d:
-        assert set(e) == {"history_ids", "history_ratings", "user_features"}
+        assert set(e) == set(names)
+        assert e["request_time"]["shape"] == [1] and e["request_time"]["content"][0] > 0
         assert e["history_ids"]["shape"] == [c.history_length] and len(e["history_ids"]["content"]) == c.history_length
         assert max(e["history_ids"]["content"]) > 0
 

@@ -27,14 +27,14 @@ def test_the_demo_preset_serves_with_the_committed_configs():
 
 
 def test_the_committed_repository_serves_the_measured_shape():
-    """ServeConfig: 200 candidates over the newest 128 history items (docs/PERFORMANCE.md), not
-    the trained 500 over 256; the committed configs say so."""
+    """ServeConfig: 200 candidates over the trained 256-item history (grank.config.ServeConfig:
+    measured choices), not the trained 500 over 256; the committed configs say so."""
     trained = make_config("default", "grank")
     assert (trained.eval.k1, trained.model.ranker_history) == (500, 256)
-    assert (CFG.eval.k1, CFG.model.ranker_history) == (200, 128)
+    assert (CFG.eval.k1, CFG.model.ranker_history) == (200, 256)
     ranker = parse((COMMITTED / "grank_ranker" / "config.pbtxt").read_text())
     assert {t.name: list(t.dims) for t in ranker.input}["candidate_ids"] == [200]
-    assert {t.name: list(t.dims) for t in ranker.input}["history_ids"] == [128]
+    assert {t.name: list(t.dims) for t in ranker.input}["history_ids"] == [256]
 
 
 @pytest.mark.parametrize("name", list(model_configs(CFG)))

@@ -72,7 +72,7 @@ def test_recommend_explicit_history_with_titles(clients, ml100k):
 
 
 def _good(tiny_export, n=2):
-    return {k: tiny_export.arrays[k][:n].copy() for k in ("history_ids", "history_ratings", "user_features")}
+    return {t.name: tiny_export.arrays[t.name][:n].copy() for t in signatures(tiny_export.cfg)[ENSEMBLE].inputs}
 
 
 def _bad_requests(tiny_export, n_items, R):
@@ -90,10 +90,12 @@ def _bad_requests(tiny_export, n_items, R):
     cases.append(("rating out of range", a, ["history_ratings", "0..5"]))
     a = _good(tiny_export); a["user_features"][0, 2] = 999
     cases.append(("profile out of range", a, ["user_features", "column 2"]))
+    a = _good(tiny_export); a["request_time"][1, 0] = -1
+    cases.append(("request time before 1970", a, ["request_time", ">= 0", "row 1"]))
     a = _good(tiny_export); a["history_ids"] = a["history_ids"].astype(np.float32)
     cases.append(("wrong dtype", a, ["history_ids", "INT64"]))
     a = _good(tiny_export)
-    a = {k: np.concatenate([v, v[:, :1]], 1) if k != "user_features" else v for k, v in a.items()}
+    a = {k: np.concatenate([v, v[:, :1]], 1) if k.startswith("history_") else v for k, v in a.items()}
     cases.append(("history longer than the maximum", a, ["unexpected shape", "history_", f"{R}]"]))
     a = {k: np.repeat(v, 129, 0) for k, v in _good(tiny_export).items()}  # 258 rows > 256
     cases.append(("batch above max_batch_size", a, ["batch-size", "256"]))
@@ -147,7 +149,7 @@ def test_good_and_bad_requests_interleaved_under_concurrency(triton_server, tiny
             except InferenceServerException as e:
                 return "error", str(e)
             return "no error", None
-        row = {k: a[k][i:i + 1] for k in ("history_ids", "history_ratings", "user_features")}
+        row = {t.name: a[t.name][i:i + 1] for t in sig.inputs}
         return "ok", (i, raw_infer(triton_server, "grpc", ENSEMBLE, row, sig)["scores"][0])
 
     with cf.ThreadPoolExecutor(8) as pool:

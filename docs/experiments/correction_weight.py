@@ -9,7 +9,7 @@ import sys, numpy as np, torch
 sys.path.insert(0, '.')
 from grank.train import load_checkpoint
 from grank.data import load, split as make_split
-from grank.batches import eval_inputs
+from grank.batches import eval_inputs, eval_times
 from grank.mips import mips_top_k, seen_mask
 from grank.evaluate import list_ranks, metrics_from_ranks
 
@@ -29,7 +29,8 @@ def fusion_sweep(model, cfg, sp, stage, ws, ks=(10, 50), scale=1.0):
             ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
             u = model.encode_users(ids, rat, feats, table)
             g, gid = mips_top_k(u, table, cfg.eval.k1, cfg.model.tau, seen_mask(seen, sp.data.n_items))
-            corr = (model.rank(u, ids, rat, gid, table) - g) / scale
+            when = torch.as_tensor(eval_times(sp, ub, stage))
+            corr = (model.rank(u, ids, rat, gid, table, when) - g) / scale
             for w in ws:
                 top, pos = (g + w * corr if w < ALONE else corr).topk(cfg.eval.k2, 1)
                 ranks[w].append(list_ranks(gid.gather(1, pos), top, torch.as_tensor(targets)).numpy())

@@ -8,7 +8,10 @@ after each epoch, then validation and test HR@10 / NDCG@10 for a sweep of the fu
 saves a normal checkpoint (the chosen weight in its config) that `python -m grank evaluate` and
 docs/experiments/paired.py read.
 
-    python docs/experiments/ranker_phase.py CKPT OUT.pt [EPOCHS=4] [FUSION=0.5] [SEED=1]
+    python docs/experiments/ranker_phase.py CKPT OUT.pt [EPOCHS=4] [FUSION=0.5] [SEED=1] [POPULARITY=0]
+
+POPULARITY=1: the Ranker also sees each candidate's popularity as of the request
+(model.ranker_popularity, grank/popularity.py).
 """
 import sys, time
 import numpy as np, torch
@@ -18,6 +21,7 @@ from grank.data import load, split as make_split
 from grank.train import load_checkpoint, make_batch, losses, save
 from grank.batches import epoch_samples
 from grank.ranker import Ranker
+from grank.popularity import RecentPopularity
 sys.path.insert(0, 'docs/experiments')
 from correction_weight import ALONE, fusion_sweep
 
@@ -28,14 +32,17 @@ if epochs < 1:
     sys.exit("EPOCHS: must be >= 1")
 fusion = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
 seed = int(sys.argv[5]) if len(sys.argv) > 5 else 1  # the Ranker's initialisation and sample order
+popularity = len(sys.argv) > 6 and sys.argv[6] == "1"
 model, cfg0, ck = load_checkpoint(src)
 cfg = apply_overrides(cfg0, {"variant": "grank" if cfg0.model.aux_tokens else "generator_ranker_no_aux",
                              "model.ranker": True, "model.ranker_score": "fused", "model.ranker_fusion": fusion,
+                             "model.ranker_popularity": popularity,
                              "train.loss_weights": (0.0, 0.0, 1.0)})
 data = load(cfg.dataset); sp = make_split(data, 0)
 torch.manual_seed(seed); rng = np.random.default_rng(seed)
 model.cfg = cfg.model
 model.ranker = Ranker(cfg.model)
+model.popularity = RecentPopularity.from_data(data) if popularity else None
 for n, p in model.named_parameters():
     p.requires_grad = n.startswith("ranker.")
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
@@ -67,4 +74,5 @@ print(f"Ranker phase: {epochs} epochs, {time.time() - t_all:.0f} s")
 # describe the source run, not this one (the result is for evaluation, not for resuming)
 keep = {k: ck[k] for k in ("data_fingerprint",)}
 save(__import__("pathlib").Path(out), {**keep, "config": cfg.to_dict(), "model": model.state_dict(),
-                                        "ranker_phase": {"from": src, "epochs": epochs, "seed": seed}})
+                                        "ranker_phase": {"from": src, "epochs": epochs, "seed": seed,
+                                                         "popularity": popularity}})

@@ -31,7 +31,9 @@ class TritonPythonModel:
         responses = []
         for r in requests:
             arrays = [pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs]
-            err = check_request(*arrays, self.limits)
+            named = dict(zip(self.inputs, arrays))
+            err = check_request(named["history_ids"], named["history_ratings"], named["user_features"],
+                                self.limits, named.get("request_time"))
             if err:
                 # INVALID_ARG: clients see 400 / INVALID_ARGUMENT (a caller's mistake, not a 500)
                 responses.append(pb_utils.InferenceResponse(
