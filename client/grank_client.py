@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from grank.data import Interactions
-from grank.signatures import ENSEMBLE, N_USER_FEATURES, signatures
+from grank.signatures import ENSEMBLE, N_USER_FEATURES, REQUEST_TIME, signatures
 from grank.validation import check_request, limits_dict
 
 DEFAULT_RATING = 4  # explicit histories without ratings: "liked" (the model's high-rating pool is >= 4)
@@ -73,7 +73,7 @@ class GRankClient:
         self.history_length = dims["history_ids"][0]
         self.k2 = dims["item_ids"][0]
         self.input_names = [t["name"] for t in cfg["input"]]  # in the server's order
-        self.needs_time = "request_time" in self.input_names
+        self.needs_time = REQUEST_TIME in self.input_names
         self.limits = limits_dict(data.n_items, self.history_length, data.user_feat_sizes, self.needs_time)
 
     # ---- building requests ------------------------------------------------------------
@@ -126,7 +126,7 @@ class GRankClient:
             feats[b], when[b] = f, t
         out = {"history_ids": ids, "history_ratings": rat, "user_features": feats}
         if self.needs_time:
-            out["request_time"] = when
+            out[REQUEST_TIME] = when
         return out
 
     # ---- calling the server -----------------------------------------------------------
@@ -135,7 +135,7 @@ class GRankClient:
         B = arrays["history_ids"].shape[0] if np.ndim(arrays["history_ids"]) == 2 else 0
         if B > self.max_batch_size:
             raise ValueError(f"batch: at most max_batch_size = {self.max_batch_size} rows per request, got {B}")
-        when = arrays.get("request_time")
+        when = arrays.get(REQUEST_TIME)
         err = check_request(np.asarray(arrays["history_ids"]), np.asarray(arrays["history_ratings"]),
                             np.asarray(arrays["user_features"]), self.limits,
                             None if when is None else np.asarray(when))
@@ -194,7 +194,7 @@ class GRankClient:
 
 
 def signatures_inputs():
-    """Every input tensor an ensemble version may take (names, dtypes), shape-independent: the
-    default config's, with the request time (a Ranker using popularity) whatever the default."""
+    """The ensemble's input tensors (names, dtypes), shape-independent: the default config's,
+    which include ``request_time``; ``_inputs`` sends those the server's version takes."""
     from grank.config import make_config
-    return signatures(make_config("default", overrides={"model.ranker_popularity": True}))[ENSEMBLE].inputs
+    return signatures(make_config("default"))[ENSEMBLE].inputs

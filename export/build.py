@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grank.data import Interactions, load
-from grank.signatures import ENSEMBLE, signatures
+from grank.signatures import takes_request_time
 from grank.train import load_checkpoint
 from grank.validation import limits_dict
 
@@ -44,5 +44,5 @@ def build_repository(ex: Exported, repository, version: int = 1, force: bool = F
     if any(ex.problems.values()):
         raise ValueError("refusing to build a repository from ONNX files that failed the parity check")
     limits = limits_dict(ex.data.n_items, ex.cfg.model.ranker_history, ex.data.user_feat_sizes,
-                         "request_time" in {t.name for t in signatures(ex.cfg)[ENSEMBLE].inputs})
+                         takes_request_time(ex.cfg))
     return build(ex.cfg, ex.paths, limits, Path(repository), version, force)

@@ -21,7 +21,7 @@ import torch
 from grank.batches import eval_inputs, eval_times
 from grank.data import split as make_split
 from grank.mips import topk_disagreements
-from grank.signatures import MIPS, RANKER, USER_ENCODER, signatures
+from grank.signatures import MIPS, RANKER, REQUEST_TIME, USER_ENCODER, signatures, takes_request_time
 
 ATOL = {"user_embedding": 1e-4, "candidate_scores": 1e-3, "scores": 1e-3}
 RTOL = {"user_embedding": 1e-4, "candidate_scores": 0.0, "scores": 0.0}
@@ -35,8 +35,8 @@ def real_inputs(data, cfg, n_users: int = 64, seed: int = 0, stage: str = "test"
     users = np.sort(rng.choice(sp.users, size=min(n_users, len(sp.users)), replace=False))
     ids, rat, feats, _, _ = eval_inputs(sp, users, stage, cfg.model.ranker_history)
     out = {"history_ids": ids, "history_ratings": rat, "user_features": feats.astype(np.int64)}
-    if "request_time" in {t.name for t in signatures(cfg)[RANKER].inputs}:
-        out["request_time"] = eval_times(sp, users, stage)[:, None]  # the replayed request's time
+    if takes_request_time(cfg):
+        out[REQUEST_TIME] = eval_times(sp, users, stage)[:, None]  # the replayed request's time
     return out
 
 
@@ -46,7 +46,7 @@ def pipeline_arrays(graphs: dict, inputs: dict) -> dict:
     with torch.no_grad():
         t["user_embedding"] = graphs[USER_ENCODER](t["history_ids"], t["history_ratings"], t["user_features"])
         t["candidate_ids"], t["candidate_scores"] = graphs[MIPS](t["user_embedding"], t["history_ids"])
-        when = (t["request_time"],) if "request_time" in t else ()
+        when = (t[REQUEST_TIME],) if REQUEST_TIME in t else ()
         t["item_ids"], t["scores"] = graphs[RANKER](t["user_embedding"], t["history_ids"],
                                                     t["history_ratings"], t["candidate_ids"], *when)
     return {k: v.numpy() for k, v in t.items()}

@@ -10,11 +10,12 @@ import numpy as np
 from .data import Interactions, Split
 
 
-def windows(data: Interactions, users: np.ndarray, ends: np.ndarray, length: int):
+def windows(data: Interactions, users: np.ndarray, ends: np.ndarray, length: int, times: bool = False):
     """Gather the ``length`` interactions before position ``ends`` of each user's sequence.
 
     users, ends: [B] int64 (``ends[b]`` is an index into user b's sequence; the window is
-    seq[max(0, ends-length):ends]). Returns ids [B, length] int64 and ratings [B, length] int64.
+    seq[max(0, ends-length):ends]). Returns ids [B, length] int64 and ratings [B, length] int64,
+    and with ``times`` their Unix seconds [B, length] int64 (0 in padding).
     """
     starts = data.offsets[users]
     idx = (starts + ends)[:, None] - length + np.arange(length)[None, :]
@@ -22,6 +23,8 @@ def windows(data: Interactions, users: np.ndarray, ends: np.ndarray, length: int
     idx = np.where(valid, idx, 0)
     ids = np.where(valid, data.items[idx], 0)
     rat = np.where(valid, data.ratings[idx].astype(np.int64), 0)
+    if times:
+        return ids.astype(np.int64), rat, np.where(valid, data.times[idx], 0)
     return ids.astype(np.int64), rat
 
 

@@ -73,15 +73,16 @@ class RecentPopularity(nn.Module):
         """request_time: [B] int64 Unix seconds; cand_ids: [B, C] int64 -> [B, C, N_FEATURES]
         float32: log1p(ratings of each candidate in each window before the request's day)
         / LOG_SCALE."""
-        D = self.table.shape[0] - 1
+        D, cols = self.table.shape[0] - 1, self.table.shape[1]
         # days before the data are day 0 (nothing counted), days after it the last one
         day = torch.clamp((request_time - self.day0) // DAY, min=0, max=D)
-        now = self.table[day]  # [B, N+1]
         # ids past the table (items added to the catalogue after it was counted, or the synthetic
         # ones of perf's large-catalogue graphs) read column 0, padding, which is never rated
-        cand_ids = cand_ids.masked_fill(cand_ids >= self.table.shape[1], 0)
-        feats = []
-        for w in WINDOWS:
-            before = self.table[torch.clamp(day - w, min=0)] if w else torch.zeros_like(now)
-            feats.append((now - before).gather(1, cand_ids))
+        cand_ids = cand_ids.masked_fill(cand_ids >= cols, 0)
+        flat = self.table.reshape(-1)  # one lookup per (day, candidate), never a whole day's row
+
+        def counts(d):  # [B] days -> [B, C] cumulative counts of the candidates
+            return flat[(d * cols)[:, None] + cand_ids]
+        now = counts(day)
+        feats = [now - counts(torch.clamp(day - w, min=0)) if w else now for w in WINDOWS]
         return torch.log1p(torch.stack(feats, -1)) / LOG_SCALE

@@ -67,6 +67,14 @@ class Signature:
         return next(t for t in self.outputs if t.name == name)
 
 
+REQUEST_TIME = "request_time"
+
+
+def takes_request_time(cfg: Config) -> bool:
+    """The request's time is an input only where the Ranker counts popularity before it."""
+    return cfg.model.ranker and cfg.model.ranker_popularity
+
+
 def signatures(cfg: Config) -> dict[str, Signature]:
     """Every served model's signature for the model described by ``cfg``."""
     R, d = cfg.model.ranker_history, cfg.model.d_model
@@ -82,10 +90,9 @@ def signatures(cfg: Config) -> dict[str, Signature]:
     cscores = Tensor("candidate_scores", "float32", (k1,), "<user_embedding, item vector> / tau")
     ids = Tensor("item_ids", "int64", (k2,), "the Ranker's top-k2 dense ids, best first")
     scores = Tensor("scores", "float32", (k2,), "Ranker scores of item_ids")
-    # the request's time exists only where the Ranker counts popularity before it
-    when = (Tensor("request_time", "int64", (1,), "Unix seconds of the request (>= 0): the "
+    when = (Tensor(REQUEST_TIME, "int64", (1,), "Unix seconds of the request (>= 0): the "
                    "Ranker's popularity features count the days before it"),) \
-        if cfg.model.ranker and cfg.model.ranker_popularity else ()
+        if takes_request_time(cfg) else ()
     request = (hist, rat, feats) + when
     checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc) for t in request)
     return {

@@ -43,7 +43,7 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
     """Arrays for one training step. hist_*: [B, R]; ntp_targets: [B, L] (0 = no loss at that
     slot); target: [B] = seq[end]; user_feats: [B, 4]."""
     m = cfg.model
-    ids, rat = windows(data, users, ends, m.ranker_history)
+    ids, rat, times = windows(data, users, ends, m.ranker_history, times=True)
     target = data.items[data.offsets[users] + ends]
     L = m.max_history
     nxt = np.concatenate([ids[:, -L + 1:], target[:, None]], axis=1) if L > 1 else target[:, None]
@@ -51,9 +51,6 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
     # the window ending at the user's last training item (the Split keeps the last two items
     # of every sequence for validation and test)
     is_last = ends == data.offsets[users + 1] - data.offsets[users] - 3
-    # time of each long-history slot (0 in padding): a request made right after that slot
-    idx = (data.offsets[users] + ends)[:, None] - ids.shape[1] + np.arange(ids.shape[1])
-    times = np.where(ids != 0, data.times[np.clip(idx, 0, None)], 0)
     t = torch.as_tensor
     return dict(hist_ids=t(ids), hist_ratings=t(rat), target=t(target.astype(np.int64)),
                 ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]),

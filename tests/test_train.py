@@ -241,6 +241,18 @@ def test_training_on_a_gpu_gives_a_checkpoint_that_loads_on_the_cpu(ml100k, tiny
     assert res["HR@10"] > 0
 
 
+def _ranker_losses(data, cfg, users, ends):
+    """(model, losses) of a fresh model on 32 training windows, L_CA's gradient computed. Its
+    Ranker gets a random last layer: a zero one (the initialisation) scores every list alike."""
+    torch.manual_seed(0)
+    model = T.build_model(cfg, data)
+    for p in model.ranker.head[-1].parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    ls = T.losses(model, T.make_batch(data, users[:32], ends[:32], cfg), cfg)
+    ls["ca"].backward()
+    return model, ls
+
+
 def test_ranker_slots_train_the_ranker_at_older_slots_too(ml100k, tiny_cfg):
     """train.ranker_slots=K: L_CA over K slots per window (more, harder Ranker examples);
     bad values name the field."""
@@ -248,14 +260,7 @@ def test_ranker_slots_train_the_ranker_at_older_slots_too(ml100k, tiny_cfg):
     users, ends = epoch_samples(sp, tiny_cfg.model.max_history, np.random.default_rng(0))
     out = {}
     for k in (1, 4):
-        cfg = apply_overrides(tiny_cfg, {"train.ranker_slots": k})
-        torch.manual_seed(0)
-        model = T.build_model(cfg, ml100k)
-        for p in model.ranker.head[-1].parameters():  # a zero last layer scores every list alike
-            torch.nn.init.normal_(p, std=0.5)
-        batch = T.make_batch(ml100k, users[:32], ends[:32], cfg)
-        out[k] = T.losses(model, batch, cfg)
-        out[k]["ca"].backward()
+        model, out[k] = _ranker_losses(ml100k, apply_overrides(tiny_cfg, {"train.ranker_slots": k}), users, ends)
         assert model.ranker.head[-1].weight.grad.abs().sum() > 0
     assert torch.isfinite(out[4]["ca"]) and out[4]["ca"] != out[1]["ca"]
     assert out[4]["ntp"] == out[1]["ntp"]  # the Generator's losses are untouched
@@ -273,13 +278,7 @@ def test_fused_ranker_learns_its_own_score(ml100k, tiny_cfg):
     out = {}
     for w in (0.5, 3.0):
         cfg = apply_overrides(tiny_cfg, {"model.ranker_score": "fused", "model.ranker_fusion": w})
-        torch.manual_seed(0)
-        model = T.build_model(cfg, ml100k)
-        for p in model.ranker.head[-1].parameters():  # a Ranker with a score of its own
-            torch.nn.init.normal_(p, std=0.5)
-        batch = T.make_batch(ml100k, users[:32], ends[:32], cfg)
-        out[w] = T.losses(model, batch, cfg)
-        out[w]["ca"].backward()
+        model, out[w] = _ranker_losses(ml100k, cfg, users, ends)
         assert model.ranker.q.weight.grad.abs().sum() > 0
     assert out[0.5]["ca"].item() == pytest.approx(out[3.0]["ca"].item(), abs=1e-6)
     with pytest.raises(ValueError, match="train.ranker_detach: a 'fused' Ranker"):
