@@ -99,6 +99,7 @@ def main(argv=None) -> int:
 
 def _tune(a) -> int:
     import json
+    import time
 
     import torch
 
@@ -106,7 +107,7 @@ def _tune(a) -> int:
     from grank.data import load
 
     from .mips_report import markdown
-    from .tune import (SHAPES, VARIANTS, big_catalogue_models, merge, run_variant, shape_quality,
+    from .tune import (SHAPES, VARIANTS, big_catalogue_models, merge, ranker_kind, run_variant, shape_quality,
                        shape_repository, variant_repository)
     unknown = [v for v in a.variants if v not in VARIANTS and v not in SHAPES]
     if unknown:
@@ -141,7 +142,10 @@ def _tune(a) -> int:
             if v == "default" and not a.items and not a.request_rate:  # the shapes' baseline (~1 min)
                 from grank.train import load_checkpoint
                 quality = shape_quality(load_checkpoint(a.checkpoint, data, served=True)[0], cfg, data)
-        shape = {"R": vcfg.model.ranker_history, "k1": vcfg.eval.k1, "k2": vcfg.eval.k2, **quality}
+        # which model was served and when: rows of older models stay in performance.json beside
+        # new ones (merge replaces a variant only when it is measured again)
+        shape = {"R": vcfg.model.ranker_history, "k1": vcfg.eval.k1, "k2": vcfg.eval.k2, **quality,
+                 "ranker": ranker_kind(vcfg), "date": time.strftime("%Y-%m-%d", time.gmtime())}
         for proto in a.protocols:
             try:
                 rows += run_variant(name, r, proto, out / name / proto, data, n_items,

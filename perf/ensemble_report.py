@@ -23,25 +23,39 @@ def best_within(rows: list[dict], budget: float = BUDGET_MS) -> dict | None:
 
 
 def _plot(groups: dict, docs: Path) -> str:
+    """Throughput vs p99, one panel per measurement day: rows of different days may come from
+    other machines and another Ranker, so they are never drawn on one set of axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (method, proto), rows in sorted(groups.items()):
-        rows = sorted(rows, key=lambda r: r["load"])
-        ax.plot([r["qps"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=f"{method} ({proto})")
-    ax.axhline(BUDGET_MS, color="k", ls=":", lw=1, label=f"p99 budget {BUDGET_MS:g} ms")
-    ax.set_yscale("log")
-    ax.set_xlabel("throughput (requests/s, 1 user each)")
-    ax.set_ylabel("p99 latency (ms)")
-    ax.set_title("grank ensemble on the embedded Triton (CPU): closed-loop concurrency sweeps", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    days = sorted({rows[0].get("date", "-") for rows in groups.values()})
+    fig, axes = plt.subplots(1, len(days), figsize=(6.5 * len(days), 4.8), squeeze=False)
+    for ax, day in zip(axes[0], days):
+        kinds = set()
+        for (method, proto), rows in sorted(groups.items()):
+            if rows[0].get("date", "-") != day:
+                continue
+            kinds.add(rows[0].get("ranker", "-"))
+            rows = sorted(rows, key=lambda r: r["load"])
+            ax.plot([r["qps"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=f"{method} ({proto})")
+        ax.axhline(BUDGET_MS, color="k", ls=":", lw=1, label=f"p99 budget {BUDGET_MS:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput (requests/s, 1 user each)")
+        ax.set_ylabel("p99 latency (ms)")
+        ax.set_title(f"measured {day}, Ranker: {', '.join(sorted(kinds))}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("grank ensemble on the embedded Triton (CPU): closed-loop concurrency sweeps", fontsize=10)
     fig.tight_layout()
     name = "ensemble_tuning.png"
     fig.savefig(docs / name, dpi=120)
     plt.close(fig)
     return name
+
+
+def _served(row: dict) -> str:
+    """'fused+popularity, 2026-11-24': which Ranker a row served (perf.tune.ranker_kind) and when"""
+    return f"{row.get('ranker', '-')}, {row.get('date', '-')}"
 
 
 def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
@@ -60,7 +74,8 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
              "(`all_threads`: ONNX Runtime's default of one intra-op thread per core in every model, 100 us "
              "batching delay), round 2 varies its winner (`threads1`: one thread per model instance); "
              "`default` is what the committed configs said when the row was measured (its R x k1: the "
-             "history served and the MIPS candidates re-scored). One user per request, real users' histories "
+             "history served and the MIPS candidates re-scored; the last column: the Ranker it served, "
+             "`perf.tune.ranker_kind`, and the day it was measured). One user per request, real users' histories "
              f"as input, one run per row, closed loop. p99 budget {BUDGET_MS:g} ms. Regenerate: `make perf-tune` "
              "(commands per run below). Identical settings measured twice (`threads1`, `inst2_threads1` and "
              "`default`) differ by about 10% at the same concurrency: read smaller differences as noise. "
@@ -69,7 +84,8 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
              "log lists `grank_mips_0` and `grank_mips_1`) and one of the Python validator, so "
              "`inst2_threads1` repeats `threads1`; `inst1` and `inst3` are the real instance-count changes.", "",
              "| variant | protocol | N | R x k1 | best infer/s with p99 <= budget | at concurrency | p50 / p99 ms "
-             "| peak infer/s (concurrency) | Ranker avg batch at peak |", "|---|---|---|---|---|---|---|---|---|"]
+             "| peak infer/s (concurrency) | Ranker avg batch at peak | Ranker served, date |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (method, proto), rs in sorted(closed.items(), key=lambda kv: -max(r["qps"] for r in kv[1])):
         best = best_within(rs)
         peak = max(rs, key=lambda r: r["qps"])
@@ -77,7 +93,7 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
         lines.append(f"| {method} | {proto} | {rs[0]['N']:,} | {rs[0].get('R', '-')} x {rs[0].get('k1', '-')} | "
                      + (f"{best['qps']:.1f} | {best['load']:g} | {best['p50_ms']:.1f} / {best['p99_ms']:.1f} | "
                         if best else "none | - | - | ")
-                     + f"{peak['qps']:.1f} ({peak['load']:g}) | {rb if rb is not None else '-'} |")
+                     + f"{peak['qps']:.1f} ({peak['load']:g}) | {rb if rb is not None else '-'} | {_served(rs[0])} |")
     if closed:
         lines += ["", f"![ensemble_tuning.png]({_plot(closed, docs)})"]
     shaped = {key: rs for key, rs in closed.items() if "HR@10" in rs[0]}
@@ -88,14 +104,15 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
                   "These change the answers, so each shape's test-split quality (the results protocol, "
                   "evaluated in PyTorch; the ONNX export is parity-checked) sits beside its speed.", "",
                   "| variant | protocol | R | k1 | test HR@10 | test NDCG@10 | best infer/s with p99 <= budget "
-                  "| peak infer/s | Ranker infer ms at peak |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| peak infer/s | Ranker infer ms at peak | Ranker served, date |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for (method, proto), rs in sorted(shaped.items(), key=lambda kv: (kv[1][0]["R"], kv[1][0]["k1"])):
             best, peak = best_within(rs), max(rs, key=lambda r: r["qps"])
             rk = peak.get("models", {}).get("grank_ranker", {}).get("compute_infer_ms")
             best_qps = f"{best['qps']:.1f}" if best else "none"
             rk_ms = f"{rk:.2f}" if rk is not None else "-"
             lines.append(f"| {method} | {proto} | {rs[0]['R']} | {rs[0]['k1']} | {rs[0]['HR@10']:.4f} | "
-                         f"{rs[0]['NDCG@10']:.4f} | {best_qps} | {peak['qps']:.1f} | {rk_ms} |")
+                         f"{rs[0]['NDCG@10']:.4f} | {best_qps} | {peak['qps']:.1f} | {rk_ms} | {_served(rs[0])} |")
     # per-model breakdown at the highest load of each variant
     lines += ["", "### Where the time goes (per composing model, highest concurrency of each run)", "",
               "The first setting, the committed one, and the committed one on a larger catalogue (every "

@@ -48,8 +48,9 @@ VARIANTS = {
 # items; the Generator always reads the newest 64 of them). These change what comes back, so the
 # model is re-exported at that shape (``export_checkpoint(serving=...)``) and each row records the
 # test-split quality of its shape beside its speed.
-# Names say what changes from the trained shape (k1 500 over R 256); the repository serves
-# k1_200_history128 since it was measured (grank.config.ServeConfig).
+# Names say what changes from the trained shape (k1 500 over R 256). The repository serves k1_200
+# (grank.config.ServeConfig): k1_200_history128 until the eighth session, whose Ranker loses
+# quality on a 128-item history.
 SHAPES = {
     "trained_shape": {"eval.k1": 500, "model.ranker_history": 256},
     "k1_200": {"eval.k1": 200, "model.ranker_history": 256},
@@ -195,6 +196,12 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
                      "models": breakdown.get(r["load"], {}), **(shape or {}),
                      "command": portable(res["command"])})
     return rows
+
+
+def ranker_kind(cfg) -> str:
+    """The served Ranker in a word or two, as the perf rows record it: 'residual', 'fused',
+    'fused+popularity' (model.ranker_score, model.ranker_popularity)."""
+    return cfg.model.ranker_score + ("+popularity" if cfg.model.ranker_popularity else "")
 
 
 def merge(rows: list[dict], docs: Path) -> Path:

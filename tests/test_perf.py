@@ -146,3 +146,25 @@ def test_shape_variant_is_re_exported_with_its_own_shapes_and_quality(tiny_train
     base = evaluate_model(model, split(ml100k), "test", cfg.eval, progress=False)
     assert set(quality) == {"HR@10", "NDCG@10"} and 0 <= quality["HR@10"] <= 1
     assert quality != {k: round(base[k], 4) for k in quality}  # another shape, its own numbers
+
+
+def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
+    """Rows of other days (other machines, another Ranker) stay in performance.json beside new
+    ones; the report must say which is which, and plot each day on its own axes."""
+    from grank.config import make_config
+    from perf.ensemble_report import ensemble_markdown
+    from perf.tune import ranker_kind
+    assert ranker_kind(make_config("tiny", "grank")) == "fused+popularity"
+    assert ranker_kind(make_config("tiny", "grank", overrides={"model.ranker_score": "residual",
+                                                                "model.ranker_popularity": False})) == "residual"
+
+    def row(method, load, day, ranker):
+        return {"stage": "ensemble", "method": method, "protocol": "grpc", "N": 10, "load_kind": "concurrency",
+                "load": load, "qps": 10.0 * load, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "command": "pa",
+                "R": 4, "k1": 8, "date": day, "ranker": ranker}
+    rows = [row("old", 1, "2026-11-23", "residual"), row("old", 2, "2026-11-23", "residual"),
+            row("new", 1, "2026-11-24", "fused+popularity")]
+    md = "\n".join(ensemble_markdown({"rows": rows}, tmp_path))
+    assert "| old | grpc |" in md and "| residual, 2026-11-23 |" in md
+    assert "| new | grpc |" in md and "| fused+popularity, 2026-11-24 |" in md
+    assert (tmp_path / "ensemble_tuning.png").stat().st_size > 0
