@@ -22,14 +22,20 @@ def best_within(rows: list[dict], budget: float = BUDGET_MS) -> dict | None:
     return max(ok, key=lambda r: r["qps"]) if ok else None
 
 
+def plot_panels(groups: dict) -> list[str]:
+    """The days the sweeps of ``groups`` ({(method, protocol): rows}) were measured, one plot
+    panel each, oldest first ('-' for rows that do not say)."""
+    return sorted({rows[0].get("date", "-") for rows in groups.values()})
+
+
 def _plot(groups: dict, docs: Path) -> str:
     """Throughput vs p99, one panel per measurement day: rows of different days may come from
     other machines and another Ranker, so they are never drawn on one set of axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    days = sorted({rows[0].get("date", "-") for rows in groups.values()})
-    fig, axes = plt.subplots(1, len(days), figsize=(6.5 * len(days), 4.8), squeeze=False)
+    days = plot_panels(groups)
+    fig, axes = plt.subplots(1, len(days), figsize=(min(6.5 * len(days), 20), 4.8), squeeze=False)
     for ax, day in zip(axes[0], days):
         kinds = set()
         for (method, proto), rows in sorted(groups.items()):
@@ -78,7 +84,9 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
              "`perf.tune.ranker_kind`, and the day it was measured). One user per request, real users' histories "
              f"as input, one run per row, closed loop. p99 budget {BUDGET_MS:g} ms. Regenerate: `make perf-tune` "
              "(commands per run below). Identical settings measured twice (`threads1`, `inst2_threads1` and "
-             "`default`) differ by about 10% at the same concurrency: read smaller differences as noise. "
+             "`default` on 2026-11-23) differed by about 10% at the same concurrency, `default` and `k1_200` (the "
+             "same shape, 2026-11-24) by 2%: read smaller differences as noise. A date labels a run, not a machine: "
+             "compare rows of one day. "
              "Instances: with no `instance_group` (the committed configs) Triton runs TWO CPU instances of "
              "each ONNX model (its CPU default for ONNX Runtime, triton-inference-server/core#82; the server "
              "log lists `grank_mips_0` and `grank_mips_1`) and one of the Python validator, so "
@@ -117,30 +125,32 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
     lines += ["", "### Where the time goes (per composing model, highest concurrency of each run)", "",
               "The first setting, the committed one, and the committed one on a larger catalogue (every "
               "run's breakdown is in `performance.json`, `models`):", "",
-              "| variant | protocol | model | avg batch | queue ms | compute infer ms | input + output ms |",
-              "|---|---|---|---|---|---|---|"]
+              "| variant | protocol | model | avg batch | queue ms | compute infer ms | input + output ms "
+              "| Ranker served, date |", "|---|---|---|---|---|---|---|---|"]
     shown = [key for key in sorted(closed) if key[0] in ("all_threads", "default") or "@" in key[0]]
     for (method, proto), rs in ((key, closed[key]) for key in shown):
         top = max(rs, key=lambda r: r["load"])
         for model, m in sorted(top.get("models", {}).items()):
             lines.append(f"| {method} | {proto} | {model} | {m.get('avg_batch')} | {m['queue_ms']:.2f} | "
-                         f"{m['compute_infer_ms']:.2f} | {m['compute_input_ms'] + m['compute_output_ms']:.2f} |")
+                         f"{m['compute_infer_ms']:.2f} | {m['compute_input_ms'] + m['compute_output_ms']:.2f} | "
+                         f"{_served(top)} |")
     rate = [r for r in rows if r["load_kind"] != "concurrency"]
     if rate:
         lines += ["", "### Open loop (Poisson arrivals, `--request-rate-range`)", "",
                   "A rate is sustained when the server completes at least 95% of it with p99 within the budget "
                   "(perf_analyzer times completed requests only, so an overloaded server can still show a "
                   "low p99: the achieved rate is what gives it away).", "",
-                  "| variant | protocol | offered req/s | achieved infer/s | p50 ms | p95 ms | p99 ms | sustained |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| variant | protocol | offered req/s | achieved infer/s | p50 ms | p95 ms | p99 ms | sustained "
+                  "| Ranker served, date |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rate, key=lambda r: (r["method"], r["protocol"], r["load"])):
             lines.append(f"| {r['method']} | {r['protocol']} | {r['load']:g} | {r['qps']:.1f} | {r['p50_ms']:.1f} | "
-                         f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {'yes' if within_budget(r) else 'no'} |")
+                         f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {'yes' if within_budget(r) else 'no'} | "
+                         f"{_served(r)} |")
         ok = [r for r in rate if within_budget(r)]
         if ok:
             top = max(ok, key=lambda r: r["load"])
             lines += ["", f"Highest sustained rate measured: {top['load']:g} requests/s ({top['method']}, "
-                          f"{top['protocol']}; p99 {top['p99_ms']:.1f} ms)."]
+                          f"{top['protocol']}; p99 {top['p99_ms']:.1f} ms; {_served(top)})."]
     lines += ["", "Commands (perf_analyzer, one per run):", ""]
     for cmd in sorted({r["command"] for r in rows}):
         lines.append(f"- `{cmd}`")

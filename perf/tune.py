@@ -200,7 +200,9 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
 
 def ranker_kind(cfg) -> str:
     """The served Ranker in a word or two, as the perf rows record it: 'residual', 'fused',
-    'fused+popularity' (model.ranker_score, model.ranker_popularity)."""
+    'fused+popularity' (model.ranker_score, model.ranker_popularity), or 'none'."""
+    if not cfg.model.ranker:
+        return "none"
     return cfg.model.ranker_score + ("+popularity" if cfg.model.ranker_popularity else "")
 
 

@@ -152,9 +152,10 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
     """Rows of other days (other machines, another Ranker) stay in performance.json beside new
     ones; the report must say which is which, and plot each day on its own axes."""
     from grank.config import make_config
-    from perf.ensemble_report import ensemble_markdown
+    from perf.ensemble_report import ensemble_markdown, plot_panels
     from perf.tune import ranker_kind
     assert ranker_kind(make_config("tiny", "grank")) == "fused+popularity"
+    assert ranker_kind(make_config("tiny", "generator_only")) == "none"
     assert ranker_kind(make_config("tiny", "grank", overrides={"model.ranker_score": "residual",
                                                                 "model.ranker_popularity": False})) == "residual"
 
@@ -168,3 +169,5 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
     assert "| old | grpc |" in md and "| residual, 2026-11-23 |" in md
     assert "| new | grpc |" in md and "| fused+popularity, 2026-11-24 |" in md
     assert (tmp_path / "ensemble_tuning.png").stat().st_size > 0
+    groups = {("old", "grpc"): rows[:2], ("new", "grpc"): rows[2:]}
+    assert plot_panels(groups) == ["2026-11-23", "2026-11-24"]  # never one set of axes for both days

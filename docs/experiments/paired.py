@@ -9,7 +9,7 @@ seed-to-seed spread of a row is not the noise of a difference measured on the sa
 ``--pairs``: one (BASE, OTHER) pair per seed, e.g. generator_only and GRank of seeds 0, 1, 2;
 prints each pair's difference on validation and test, then the mean difference over the pairs
 with two standard errors: from the spread of the per-seed differences (what a new seed would
-show) and from the per-user differences (the test users' noise alone).
+show) and from the per-user differences (the held-out users' noise alone, on either split).
 
     python docs/experiments/paired.py --pairs BASE_s0.pt OTHER_s0.pt BASE_s1.pt OTHER_s1.pt ...
 
@@ -53,8 +53,6 @@ def against_base(stage, paths):
 def seed_pairs(paths, label=""):
     """{stage: [(per-seed difference, its paired s.e.), ...]} for (BASE, OTHER) pairs; prints them
     and their mean."""
-    if len(paths) < 2 or len(paths) % 2:
-        sys.exit("--pairs: give BASE OTHER checkpoints, two per seed")
     pairs = list(zip(paths[::2], paths[1::2]))
     out = {}
     for stage in ("val", "test"):
@@ -115,11 +113,18 @@ def parse_pairs(args):
             png, i = args[i + 1], i + 2
         elif args[i] == "--label":
             label, i = args[i + 1], i + 2
-            groups.setdefault(label, [])
+            if label in groups:
+                sys.exit(f"--label {label!r}: given twice")
+            groups[label] = []
         else:
             groups.setdefault(label, []).append(args[i])
             i += 1
-    return png, {k: v for k, v in groups.items() if v}
+    groups = {k: v for k, v in groups.items() if v}
+    for label, paths in groups.items():  # before any evaluation, which takes minutes per group
+        if len(paths) < 2 or len(paths) % 2:
+            sys.exit(f"--pairs{f' (group {label!r})' if label else ''}: give BASE OTHER checkpoints, "
+                     f"two per seed; got {len(paths)}")
+    return png, groups
 
 
 if __name__ == "__main__":
