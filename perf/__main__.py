@@ -130,6 +130,8 @@ def _tune(a) -> int:
     if a.items:
         print(f"building the {a.items:,}-item MIPS and Ranker graphs ...")
         models, n_items = big_catalogue_models(a.checkpoint, a.items, out / f"items{a.items}"), a.items
+    from .floor import gemm_gflops, machine, read_bandwidth_gbs
+    rates = machine(read_bandwidth_gbs(), gemm_gflops())  # measured once, before any server starts
     rows = []
     for v in a.variants:
         name = v + (f"@{n_items}" if a.items else "") + ("+rate" if a.request_rate else "")
@@ -145,7 +147,7 @@ def _tune(a) -> int:
         # which model was served and when: rows of older models stay in performance.json beside
         # new ones (merge replaces a variant only when it is measured again)
         shape = {"R": vcfg.model.ranker_history, "k1": vcfg.eval.k1, "k2": vcfg.eval.k2, **quality,
-                 "ranker": ranker_kind(vcfg), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+                 "ranker": ranker_kind(vcfg), "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": rates}
         for proto in a.protocols:
             try:
                 rows += run_variant(name, r, proto, out / name / proto, data, n_items,

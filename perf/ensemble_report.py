@@ -23,9 +23,9 @@ def best_within(rows: list[dict], budget: float = BUDGET_MS) -> dict | None:
 
 
 def plot_panels(groups: dict) -> list[str]:
-    """The days the sweeps of ``groups`` ({(method, protocol): rows}) were measured, one plot
-    panel each, oldest first ('-' for rows that do not say)."""
-    return sorted({rows[0].get("date", "-") for rows in groups.values()})
+    """The runs (day, and machine where recorded) the sweeps of ``groups`` ({(method, protocol):
+    rows}) were measured in, one plot panel each, oldest first."""
+    return sorted({_run(rows[0]) for rows in groups.values()})
 
 
 def _plot(groups: dict, docs: Path) -> str:
@@ -39,7 +39,7 @@ def _plot(groups: dict, docs: Path) -> str:
     for ax, day in zip(axes[0], days):
         kinds = set()
         for (method, proto), rows in sorted(groups.items()):
-            if rows[0].get("date", "-") != day:
+            if _run(rows[0]) != day:
                 continue
             kinds.add(rows[0].get("ranker", "-"))
             rows = sorted(rows, key=lambda r: r["load"])
@@ -48,7 +48,7 @@ def _plot(groups: dict, docs: Path) -> str:
         ax.set_yscale("log")
         ax.set_xlabel("throughput (requests/s, 1 user each)")
         ax.set_ylabel("p99 latency (ms)")
-        ax.set_title(f"measured {day}, Ranker: {', '.join(sorted(kinds))}", fontsize=9)
+        ax.set_title(f"measured {day}; Ranker: {', '.join(sorted(kinds))}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("grank ensemble on the embedded Triton (CPU): closed-loop concurrency sweeps", fontsize=10)
@@ -59,9 +59,17 @@ def _plot(groups: dict, docs: Path) -> str:
     return name
 
 
+def _run(row: dict) -> str:
+    """'2026-11-24, 219 GFLOP/s': the day a row was measured and its machine's GEMM rate
+    (perf.floor.machine; rows measured before they recorded it: the day alone)."""
+    m = row.get("machine")
+    return f"{row.get('date', '-')}" + (f", {m['gemm_gflops']:.0f} GFLOP/s" if m else "")
+
+
 def _served(row: dict) -> str:
-    """'fused+popularity, 2026-11-24': which Ranker a row served (perf.tune.ranker_kind) and when"""
-    return f"{row.get('ranker', '-')}, {row.get('date', '-')}"
+    """'fused+popularity, 2026-11-24, 219 GFLOP/s': which Ranker a row served
+    (perf.tune.ranker_kind), when, and on what machine"""
+    return f"{row.get('ranker', '-')}, {_run(row)}"
 
 
 def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
@@ -81,18 +89,19 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
              "batching delay), round 2 varies its winner (`threads1`: one thread per model instance); "
              "`default` is what the committed configs said when the row was measured (its R x k1: the "
              "history served and the MIPS candidates re-scored; the last column: the Ranker it served, "
-             "`perf.tune.ranker_kind`, and the day it was measured). One user per request, real users' histories "
+             "`perf.tune.ranker_kind`, the day it was measured and, where recorded, the machine's fp32 GEMM "
+             "rate, `perf.floor.machine`). One user per request, real users' histories "
              f"as input, one run per row, closed loop. p99 budget {BUDGET_MS:g} ms. Regenerate: `make perf-tune` "
              "(commands per run below). Identical settings measured twice (`threads1`, `inst2_threads1` and "
              "`default` on 2026-11-23) differed by about 10% at the same concurrency, `default` and `k1_200` (the "
-             "same shape, 2026-11-24) by 2%: read smaller differences as noise. A date labels a run, not a machine: "
-             "compare rows of one day. "
+             "same shape, 2026-11-24) by 2%: read smaller differences as noise. A date labels a run, not a machine "
+             "(rows of 2026-11-23 recorded no machine): compare rows of one run. "
              "Instances: with no `instance_group` (the committed configs) Triton runs TWO CPU instances of "
              "each ONNX model (its CPU default for ONNX Runtime, triton-inference-server/core#82; the server "
              "log lists `grank_mips_0` and `grank_mips_1`) and one of the Python validator, so "
              "`inst2_threads1` repeats `threads1`; `inst1` and `inst3` are the real instance-count changes.", "",
              "| variant | protocol | N | R x k1 | best infer/s with p99 <= budget | at concurrency | p50 / p99 ms "
-             "| peak infer/s (concurrency) | Ranker avg batch at peak | Ranker served, date |",
+             "| peak infer/s (concurrency) | Ranker avg batch at peak | Ranker served, date, machine |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (method, proto), rs in sorted(closed.items(), key=lambda kv: -max(r["qps"] for r in kv[1])):
         best = best_within(rs)
@@ -112,7 +121,7 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
                   "These change the answers, so each shape's test-split quality (the results protocol, "
                   "evaluated in PyTorch; the ONNX export is parity-checked) sits beside its speed.", "",
                   "| variant | protocol | R | k1 | test HR@10 | test NDCG@10 | best infer/s with p99 <= budget "
-                  "| peak infer/s | Ranker infer ms at peak | Ranker served, date |",
+                  "| peak infer/s | Ranker infer ms at peak | Ranker served, date, machine |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for (method, proto), rs in sorted(shaped.items(), key=lambda kv: (kv[1][0]["R"], kv[1][0]["k1"])):
             best, peak = best_within(rs), max(rs, key=lambda r: r["qps"])
@@ -126,7 +135,7 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
               "The first setting, the committed one, and the committed one on a larger catalogue (every "
               "run's breakdown is in `performance.json`, `models`):", "",
               "| variant | protocol | model | avg batch | queue ms | compute infer ms | input + output ms "
-              "| Ranker served, date |", "|---|---|---|---|---|---|---|---|"]
+              "| Ranker served, date, machine |", "|---|---|---|---|---|---|---|---|"]
     shown = [key for key in sorted(closed) if key[0] in ("all_threads", "default") or "@" in key[0]]
     for (method, proto), rs in ((key, closed[key]) for key in shown):
         top = max(rs, key=lambda r: r["load"])
@@ -141,7 +150,7 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
                   "(perf_analyzer times completed requests only, so an overloaded server can still show a "
                   "low p99: the achieved rate is what gives it away).", "",
                   "| variant | protocol | offered req/s | achieved infer/s | p50 ms | p95 ms | p99 ms | sustained "
-                  "| Ranker served, date |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| Ranker served, date, machine |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rate, key=lambda r: (r["method"], r["protocol"], r["load"])):
             lines.append(f"| {r['method']} | {r['protocol']} | {r['load']:g} | {r['qps']:.1f} | {r['p50_ms']:.1f} | "
                          f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {'yes' if within_budget(r) else 'no'} | "

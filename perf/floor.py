@@ -33,5 +33,13 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def machine(bw_gbs: float, gflops: float) -> dict:
+    """How perf rows name the machine they ran on: its rates, not its name (two "2-core x86_64"
+    machines here differed 3x in GEMM rate)."""
+    import platform
+    return {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+            "read_bandwidth_gbs": round(bw_gbs, 1), "gemm_gflops": round(gflops, 1)}
+
+
 def floor_ms(n_items: int, d: int, batch: int, bw_gbs: float, gflops: float, bytes_per: int = 4) -> float:
     return 1e3 * max(n_items * d * bytes_per / (bw_gbs * 1e9), 2 * batch * n_items * d / (gflops * 1e9))

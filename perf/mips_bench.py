@@ -8,7 +8,6 @@ methods tuned to each recall target first. Rows go to ``docs/performance.json`` 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -129,8 +128,7 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
 
 def result(rows: list[dict], bw: float, gf: float, geo: dict, mix: dict, day: str, seconds: float,
            quick: bool = False) -> dict:
-    return {"machine": {"cpu": platform.processor() or platform.machine(), "cores": F.torch.get_num_threads(),
-                        "read_bandwidth_gbs": round(bw, 1), "gemm_gflops": round(gf, 1)},
+    return {"machine": F.machine(bw, gf),
             "date": day, "quick": quick, "geometry": geo,
             "mixture": {"components": mix["k"], "shrink": mix["shrink"]},
             "seconds": round(seconds, 1), "rows": rows}

@@ -159,15 +159,20 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
     assert ranker_kind(make_config("tiny", "grank", overrides={"model.ranker_score": "residual",
                                                                 "model.ranker_popularity": False})) == "residual"
 
-    def row(method, load, day, ranker):
-        return {"stage": "ensemble", "method": method, "protocol": "grpc", "N": 10, "load_kind": "concurrency",
-                "load": load, "qps": 10.0 * load, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "command": "pa",
-                "R": 4, "k1": 8, "date": day, "ranker": ranker}
+    def row(method, load, day, ranker, gflops=None):
+        r = {"stage": "ensemble", "method": method, "protocol": "grpc", "N": 10, "load_kind": "concurrency",
+             "load": load, "qps": 10.0 * load, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "command": "pa",
+             "R": 4, "k1": 8, "date": day, "ranker": ranker}
+        if gflops:  # perf.floor.machine
+            r["machine"] = {"cpu": "x86_64", "cores": 2, "read_bandwidth_gbs": 30.0, "gemm_gflops": gflops}
+        return r
     rows = [row("old", 1, "2026-11-23", "residual"), row("old", 2, "2026-11-23", "residual"),
-            row("new", 1, "2026-11-24", "fused+popularity")]
+            row("new", 1, "2026-11-24", "fused+popularity", 218.7)]
     md = "\n".join(ensemble_markdown({"rows": rows}, tmp_path))
-    assert "| old | grpc |" in md and "| residual, 2026-11-23 |" in md
-    assert "| new | grpc |" in md and "| fused+popularity, 2026-11-24 |" in md
+    assert "| old | grpc |" in md and "| residual, 2026-11-23 |" in md  # no machine recorded
+    assert "| new | grpc |" in md and "| fused+popularity, 2026-11-24, 219 GFLOP/s |" in md
     assert (tmp_path / "ensemble_tuning.png").stat().st_size > 0
-    groups = {("old", "grpc"): rows[:2], ("new", "grpc"): rows[2:]}
-    assert plot_panels(groups) == ["2026-11-23", "2026-11-24"]  # never one set of axes for both days
+    # never one set of axes for two runs: other days, or one day on two machines
+    other = row("same_day", 1, "2026-11-24", "fused+popularity", 70.0)
+    groups = {("old", "grpc"): rows[:2], ("new", "grpc"): rows[2:], ("same_day", "grpc"): [other]}
+    assert plot_panels(groups) == ["2026-11-23", "2026-11-24, 219 GFLOP/s", "2026-11-24, 70 GFLOP/s"]
