@@ -226,6 +226,9 @@ def load(name: str, cache: bool = True) -> Interactions:
     return data
 
 
+HELD_OUT = 2  # interactions held out at the end of every user's sequence: validation, then test
+
+
 @dataclass
 class Split:
     """Leave-last-out split expressed as per-user lengths over ``Interactions``.
@@ -237,7 +240,7 @@ class Split:
     users: np.ndarray          # [n_eval_users] dense user ids with >= 3 interactions
 
     def train_len(self, u: int) -> int:
-        return int(self.data.offsets[u + 1] - self.data.offsets[u]) - 2
+        return int(self.data.offsets[u + 1] - self.data.offsets[u]) - HELD_OUT
 
     def target(self, u: int, stage: str) -> int:
         s = self.data.seq(u)
@@ -247,10 +250,18 @@ class Split:
         """Length of the prefix of s visible when predicting the ``stage`` target."""
         n = int(self.data.offsets[u + 1] - self.data.offsets[u])
         if stage == "val":
-            return n - 2
+            return n - HELD_OUT
         if stage == "test":
-            return n - 1
+            return n - HELD_OUT + 1
         raise ValueError(f"stage: must be 'val' or 'test', got {stage!r}")
+
+
+def training_mask(data: Interactions) -> np.ndarray:
+    """[n_interactions] bool: True for training interactions, ``Split``'s rule for every user at
+    once (all but each user's last HELD_OUT; users with fewer have none)."""
+    n = data.lengths()
+    pos = np.arange(len(data.items)) - np.repeat(data.offsets[:-1], n)
+    return pos < np.repeat(n - HELD_OUT, n)
 
 
 def split(data: Interactions, max_users: int = 0) -> Split:

@@ -27,19 +27,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import Interactions
+from .data import Interactions, training_mask
 
 DAY = 86400
 WINDOWS = (7, 30, 0)   # days before the request's day; 0 = every day before it
 LOG_SCALE = 8.0        # log1p of ML-1M's largest counts is about 8: features land in [0, 1]
 N_FEATURES = len(WINDOWS)
-
-
-def training_mask(data: Interactions) -> np.ndarray:
-    """[n_interactions] bool: True for training interactions (all but each user's last two)."""
-    n = data.lengths()
-    pos = np.arange(len(data.items)) - np.repeat(data.offsets[:-1], n)
-    return pos < np.repeat(n - 2, n)
 
 
 def count_table(data: Interactions) -> tuple[int, np.ndarray]:

@@ -43,6 +43,12 @@ def test_split_leave_last_out(ml100k):
     assert sp.history_len(u, "val") == len(s) - 2 and sp.history_len(u, "test") == len(s) - 1
     with pytest.raises(ValueError, match="stage"):
         sp.history_len(u, "train")
+    # the vectorised rule (popularity counts) marks exactly each user's training prefix
+    mask = D.training_mask(ml100k)
+    for v in sp.users[:50]:
+        v = int(v)
+        a, b = ml100k.offsets[v], ml100k.offsets[v + 1]
+        assert mask[a:b].sum() == sp.train_len(v) and mask[a:a + sp.train_len(v)].all()
 
 
 def test_missing_package_names_the_install_command(monkeypatch):

@@ -8,8 +8,8 @@ import torch
 
 from grank.batches import epoch_samples, eval_times
 from grank.config import make_config
-from grank.data import split
-from grank.popularity import DAY, LOG_SCALE, WINDOWS, RecentPopularity, training_mask
+from grank.data import split, training_mask
+from grank.popularity import DAY, LOG_SCALE, WINDOWS, RecentPopularity
 from grank.train import build_model, losses, make_batch
 
 
