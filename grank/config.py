@@ -39,10 +39,13 @@ class ModelConfig:
     # "residual": Generator score + an MLP correction that also sees the user vector, L_CA-info on
     #   the sum; "fused": the Ranker scores each candidate from the long history alone (no user
     #   vector), L_CA-info on that score alone (the paper's "InfoNCE over the ranker scores"), and
-    #   the served score is Generator score + ranker_fusion x Ranker score.
+    #   the served score is Generator score + ranker_fusion x Ranker score (train.fit_blend then
+    #   replaces that mix with one fitted on validation, popularity terms included).
     # "fused" since the eighth session (docs/EXPERIMENTS.md, "Popularity as of the request");
     # 0.3: the fusion weight with the best validation HR@10 averaged over two seeds (a fused
     # Ranker's training never reads it: only the served score and the best-epoch choice do).
+    # With train.fit_blend (the default) it is the served weight only until training ends; then
+    # the weight fitted on validation replaces it (grank.blend).
     ranker_score: str = "fused"
     ranker_fusion: float = 0.3
     # The Ranker's head also sees each candidate's popularity in the days before the request
@@ -96,6 +99,12 @@ class TrainConfig:
     # memorises its training targets (HR@10 0.47 on them vs 0.30 held out), so a Ranker
     # trained on those targets sees easier candidate lists than it gets when served.
     ranker_holdout: bool = False
+    # After training, fit how a fused Ranker's served score mixes the Generator score, the
+    # Ranker's own score and log1p of the popularity counts, on the validation split (grank.blend):
+    # trained in-sample, the Ranker weighs what the Generator lacks 3-6x too lightly
+    # (docs/EXPERIMENTS.md, "Fitting the served blend on held-out data"). A step after training:
+    # it does not change how the model trains, and a finished run resumed with it just fits.
+    fit_blend: bool = True
     eval_every: int = 4         # epochs between validation passes (best epoch is kept)
     max_users: int = 0          # 0: all users; >0 limits users (tests)
 
@@ -171,6 +180,7 @@ def effective_dict(cfg: Config) -> dict:
     d = cfg.to_dict()
     d.pop("serve")  # how the model is served never changes how it is trained
     m, t = d["model"], d["train"]
+    t.pop("fit_blend")  # a step after training (report.run_row checks it on its own)
     w = list(t.pop("loss_weights"))
     if not m["aux_tokens"]:
         t.pop("aux_negatives")

@@ -8,7 +8,9 @@ Shapes (B users, C candidates, R long-history slots, d = ``d_model``):
   order and learns target-aware corrections;
 - ``"fused"`` (the default): the Ranker's own score r = MLP([a, v_c, a*v_c]) never sees the user
   vector and is trained on its own (L_CA-info over the Ranker's scores, as the paper states);
-  served score = <u, v_c> / tau + ``model.ranker_fusion`` * r.
+  served score = <u, v_c> / tau + blend[0] * r (+ blend[1:] . log1p(popularity counts)), where
+  the buffer ``blend`` starts as (``model.ranker_fusion``, 0, ...) and is fitted on held-out
+  data after training (``grank.blend``).
 With ``model.ranker_popularity`` (the default) the head also sees each candidate's popularity as
 of the request ([B, C, 3], ``grank.popularity``), appended to its input in both forms.
 Whether the Ranker sees U or mixes in the MIPS score is ours to choose (the paper does not say).
@@ -25,7 +27,7 @@ import torch.nn as nn
 
 from .config import ModelConfig
 from .generator import NEG_INF
-from .popularity import N_FEATURES
+from .popularity import LOG_SCALE, N_FEATURES
 
 
 class Ranker(nn.Module):
@@ -34,7 +36,7 @@ class Ranker(nn.Module):
         d = cfg.d_model
         self.tau = cfg.tau
         self.fused = cfg.ranker_score == "fused"
-        self.fusion = cfg.ranker_fusion
+        self.fusion = cfg.ranker_fusion  # the served weight of r until the blend is fitted
         self.rating = nn.Embedding(6, d)
         self.recency = nn.Embedding(cfg.ranker_history, d)
         self.mem = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -46,6 +48,20 @@ class Ranker(nn.Module):
         # zero-initialised last layer: an untrained Ranker returns the Generator's order exactly
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        if self.fused:
+            # served mix (weight of r, then of each log1p(count)); grank.blend fits it after
+            # training, on held-out data, where the Generator is not over-confident
+            self.register_buffer("blend", self.default_blend())
+
+    def default_blend(self) -> torch.Tensor:
+        """[1 + n_pop] float32: r at ``model.ranker_fusion``, popularity only inside r"""
+        return torch.tensor([self.fusion] + [0.0] * self.n_pop)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints saved before the blend existed were served with ranker_fusion alone
+        if self.fused and prefix + "blend" not in state_dict:
+            state_dict[prefix + "blend"] = self.default_blend()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user_vec, cand_emb, hist_emb, hist_ratings, pad, cand_pop=None,
                 detach_residual: bool = False, own: bool = False):
@@ -77,4 +93,9 @@ class Ranker(nn.Module):
         gen_score = (user_vec[:, None, :] * cand_emb).sum(-1) / self.tau
         if detach_residual:
             gen_score = gen_score.detach()
-        return gen_score + (self.fusion * r if self.fused else r)
+        if not self.fused:
+            return gen_score + r
+        served = gen_score + self.blend[0] * r
+        if cand_pop is not None:
+            served = served + (cand_pop * LOG_SCALE) @ self.blend[1:]  # weights per log1p(count)
+        return served

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .blend import applies as blend_applies
 from .config import Config, effective_dict, make_config
 from .data import load, split as make_split
 from .evaluate import evaluate_model, evaluate_popularity
@@ -31,7 +32,9 @@ PROTOCOL = ("{dataset}, chronological leave-last-out per user (ties in timestamp
             "top-k2 returned, at the trained shape (eval.k1, model.ranker_history; the repository's "
             "served shape, serve.k1 / serve.history, is measured by `python -m grank evaluate "
             "--served` and in docs/PERFORMANCE.md); checkpoint chosen by validation HR@10 "
-            "(second-to-last item).")
+            "(second-to-last item); a fused Ranker's served blend (the weights of its own score and "
+            "of the candidates' log1p popularity counts beside the Generator score) is then fitted "
+            "on the same validation items (grank.blend), never on test.")
 
 
 def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, retrain: bool):
@@ -42,7 +45,9 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
     summary_path = out / "train.json"
     stale = not summary_path.exists() or effective_dict(
         Config.from_dict(json.loads(summary_path.read_text())["config"])) != effective_dict(cfg)
-    if retrain or stale:
+    # a run finished before its served blend was fitted: train() resumes it and only fits
+    unfitted = not stale and blend_applies(cfg) and "blend" not in json.loads(summary_path.read_text())
+    if retrain or stale or unfitted:
         summary = train(cfg, data, out)
     else:
         summary = json.loads(summary_path.read_text())
@@ -60,6 +65,8 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
                "train_seconds": summary["train_seconds"], "sequences_per_s": summary["sequences_per_s"],
                "parameters": summary["parameters"], "machine": summary["machine"],
                "eval_seconds": test["eval_seconds"]}
+    if "blend" in summary:
+        row_res["blend"] = summary["blend"]["weights"]
     cached.write_text(json.dumps(row_res, indent=1))
     return row_res
 
@@ -106,6 +113,15 @@ def markdown(res: dict) -> str:
             rec = next(v for k, v in r.items() if k.startswith("candidate_recall"))
             lines.append(f"| {r['model']} | {r[f'gen_HR@{k0}']:.4f} | {r[f'gen_NDCG@{k0}']:.4f} | "
                          f"{r[f'gen_HR@{kn}']:.4f} | {rec:.4f} |")
+    blended = [r for r in res["rows"] if r.get("blend")]
+    if blended:
+        names = list(blended[0]["blend"])
+        lines += ["", "Served blend of each fused Ranker, fitted on validation after training (grank.blend): "
+                  "served score = Generator score + these weights x (the Ranker's own score, log1p of "
+                  "the candidate's training ratings in each window before the request's day):", "",
+                  "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for r in blended:
+            lines.append(f"| {r['model']} | " + " | ".join(f"{r['blend'][n]:+.3f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 

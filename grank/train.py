@@ -10,6 +10,8 @@ Losses (all InfoNCE with temperature tau, weights ``train.loss_weights``):
   themselves; score = <token output, item vector> / tau, the target must win.
 - L_CA-info: the Ranker scores the target against hard negatives sampled from the Generator's
   own current top ``ranker_hard_pool`` (what it sees when served) plus uniform random items.
+After the last epoch, ``train.fit_blend`` fits the served mix of a fused Ranker on validation
+(``grank.blend``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batches import epoch_samples, windows
+from .blend import applies as blend_applies, fit_blend
 from .config import Config, effective_dict, served_config, serving_config
 from .data import Interactions, Split, fingerprint, split as make_split
 from .evaluate import evaluate_model
@@ -321,14 +324,34 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
         state["epoch"] = epoch + 1
         checkpoint(last)
         print(json.dumps(rec))
+    blend = _fit_blend(cfg, model, sp, out / "best.pt", state, progress) if blend_applies(cfg) else None
     summary = dict(variant=cfg.variant, config=trained_config, machine=machine(device),
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
                    best=state["best"], history=state["history"],
                    parameters=sum(p.numel() for p in model.parameters()),
                    threads=torch.get_num_threads(), device=device)
+    if blend is not None:
+        summary["blend"] = blend
     (out / "train.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _fit_blend(cfg, model, sp, best: Path, state, progress) -> dict:
+    """train.fit_blend: fit the served blend of the kept checkpoint on validation (grank.blend)
+    and save it into best.pt, once: a finished run resumed later reuses the fit."""
+    ck = torch.load(best, map_location="cpu", weights_only=True)
+    if "blend" not in ck:
+        model.load_state_dict(ck["model"])  # the kept epoch, not the last one
+        info = fit_blend(model, sp, cfg, progress)
+        val = evaluate_model(model, sp, "val", cfg.eval, progress=progress)
+        # validation after the fit is in-sample for the few blend weights (test never is)
+        info["val_before"] = {k: round(state["best"][k], 5) for k in ("HR@10", "NDCG@10")}
+        info["val_after"] = {k: round(val[k], 5) for k in ("HR@10", "NDCG@10")}
+        ck["model"], ck["blend"] = model.state_dict(), info
+        save(best, ck)
+    print(json.dumps({"blend": ck["blend"]}))
+    return ck["blend"]
 
 
 def measure_speed(cfg: Config, data: Interactions, steps: int = 30, warmup: int = 3,

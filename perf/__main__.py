@@ -123,7 +123,9 @@ def _tune(a) -> int:
         print(f"error: --repository: {repo} has no built models (run `make repository`)", file=sys.stderr)
         return 2
     # the shape the built repository serves (grank.config.ServeConfig)
-    cfg = served_config(Config.from_dict(torch.load(a.checkpoint, map_location="cpu", weights_only=True)["config"]))
+    ck = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    cfg, blended = served_config(Config.from_dict(ck["config"])), "blend" in ck
+    del ck
     data = load(cfg.dataset)
     out = Path(a.out)
     models, n_items = None, data.n_items
@@ -147,7 +149,7 @@ def _tune(a) -> int:
         # which model was served and when: rows of older models stay in performance.json beside
         # new ones (merge replaces a variant only when it is measured again)
         shape = {"R": vcfg.model.ranker_history, "k1": vcfg.eval.k1, "k2": vcfg.eval.k2, **quality,
-                 "ranker": ranker_kind(vcfg), "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": rates}
+                 "ranker": ranker_kind(vcfg, blended), "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": rates}
         for proto in a.protocols:
             try:
                 rows += run_variant(name, r, proto, out / name / proto, data, n_items,

@@ -198,12 +198,14 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
     return rows
 
 
-def ranker_kind(cfg) -> str:
+def ranker_kind(cfg, blended: bool = False) -> str:
     """The served Ranker in a word or two, as the perf rows record it: 'residual', 'fused',
-    'fused+popularity' (model.ranker_score, model.ranker_popularity), or 'none'."""
+    'fused+popularity' (model.ranker_score, model.ranker_popularity), '+blend' when the
+    checkpoint's served blend was fitted (grank.blend), or 'none'."""
     if not cfg.model.ranker:
         return "none"
-    return cfg.model.ranker_score + ("+popularity" if cfg.model.ranker_popularity else "")
+    return (cfg.model.ranker_score + ("+popularity" if cfg.model.ranker_popularity else "")
+            + ("+blend" if blended and cfg.model.ranker_score == "fused" else ""))
 
 
 def merge(rows: list[dict], docs: Path) -> Path:

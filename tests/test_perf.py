@@ -155,6 +155,7 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
     from perf.ensemble_report import ensemble_markdown, plot_panels
     from perf.tune import ranker_kind
     assert ranker_kind(make_config("tiny", "grank")) == "fused+popularity"
+    assert ranker_kind(make_config("tiny", "grank"), blended=True) == "fused+popularity+blend"
     assert ranker_kind(make_config("tiny", "generator_only")) == "none"
     assert ranker_kind(make_config("tiny", "grank", overrides={"model.ranker_score": "residual",
                                                                 "model.ranker_popularity": False})) == "residual"

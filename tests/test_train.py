@@ -166,6 +166,9 @@ def test_results_table_has_every_row(tmp_path):
                 assert r[f"HR@{k}"] >= r["unfiltered"][f"HR@{k}"]
     md = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert all(f"| {row} |" in md for row in ROWS)
+    # the rows with a fused Ranker carry their fitted served blend, in the json and the table
+    assert [r["model"] for r in saved["rows"] if "blend" in r] == ["grank", "generator_ranker_no_aux"]
+    assert "Served blend of each fused Ranker" in md and "| grank | " in md.split("Served blend")[1]
     assert "(published)" not in md  # ML-1M anchors are not shown beside ML-100K numbers
     assert (tmp_path / "docs" / "training_curves.png").stat().st_size > 10_000
     # a second call reuses checkpoints and cached evaluations: same numbers

@@ -33,10 +33,14 @@ from grank.train import load_checkpoint
 
 
 @lru_cache(maxsize=None)  # a base checkpoint shared by several groups is evaluated once
-def hits(path, stage, k=10):
-    """[users] 1.0 where the served list has the held-out item of ``stage`` in its top k"""
+def hits(path, stage, k=10, split_cls=None):
+    """[users] 1.0 where the served list has the held-out item of ``stage`` in its top k.
+    ``split_cls``: a ``Split`` subclass with more stages (``newest_item.py``)."""
     model, cfg, _ = load_checkpoint(path)
-    final, _ = served_ranks(model, make_split(load(cfg.dataset), 0), stage, cfg.eval, progress=False)
+    split = make_split(load(cfg.dataset), 0)
+    if split_cls is not None:
+        split = split_cls(data=split.data, users=split.users)
+    final, _ = served_ranks(model, split, stage, cfg.eval, progress=False)
     return (final < k).astype(np.float64)
 
 
@@ -50,15 +54,15 @@ def against_base(stage, paths):
               f"here, {int((d < 0).sum())} only in base)")
 
 
-def seed_pairs(paths, label=""):
+def seed_pairs(paths, label="", stages=("val", "test"), split_cls=None):
     """{stage: [(per-seed difference, its paired s.e.), ...]} for (BASE, OTHER) pairs; prints them
     and their mean."""
     pairs = list(zip(paths[::2], paths[1::2]))
     out = {}
-    for stage in ("val", "test"):
+    for stage in stages:
         diffs = []
         for base, other in pairs:
-            hb, ho = hits(base, stage), hits(other, stage)
+            hb, ho = hits(base, stage, split_cls=split_cls), hits(other, stage, split_cls=split_cls)
             diffs.append(ho - hb)
             print(f"{label}{stage}: {other} {ho.mean():.4f} vs {base} {hb.mean():.4f}: {diffs[-1].mean():+.4f} "
                   f"+- {diffs[-1].std(ddof=1) / np.sqrt(len(hb)):.4f}", flush=True)
@@ -90,7 +94,7 @@ def plot(groups: dict, path: str):
         ax.axvline(0, color="k", lw=0.8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         ax.set_title(f"{'validation' if stage == 'val' else 'test'} split")
-        ax.set_xlabel("HR@10 difference, same seed (other minus base)")
+        ax.set_xlabel("HR@10, other minus base (same seed)")
         ax.set_yticks(range(len(groups)), list(groups))
     axes[0].invert_yaxis()  # the first group on top
     axes[0].legend(loc="best", fontsize=8)

@@ -1,0 +1,72 @@
+"""The control for the fitted served blend (docs/EXPERIMENTS.md, "Fitting the served blend on
+held-out data"): does GRank's Ranker add anything beyond the popularity counts it mixes in? Each
+generator_only checkpoint gets the same treatment as GRank's Ranker (grank.blend): Generator
+score + w . log1p(7-day, 30-day, all-time counts), w fitted on validation by the same convex
+cross-entropy, then HR@10 on validation and test, paired per user against the GRank checkpoint
+of the same seed (its served score, blend included).
+
+    python docs/experiments/blend_control.py GENONLY_s0.pt GRANK_s0.pt GENONLY_s1.pt GRANK_s1.pt ...
+"""
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, '.')
+sys.path.insert(0, 'docs/experiments')
+from grank.blend import features, fit
+from grank.data import load, split as make_split
+from grank.popularity import RecentPopularity
+from grank.train import load_checkpoint
+from paired import hits
+
+
+def blended_hits(path, k=10):
+    """{stage: [users] hits@k} of a Generator-only checkpoint + its fitted popularity blend, and
+    the weights. Users whose item is not among the k1 candidates are misses, as when served."""
+    model, cfg, _ = load_checkpoint(path)
+    sp = make_split(load(cfg.dataset), 0)
+    pop = RecentPopularity.from_data(sp.data)
+    every = {"val": [], "test": []}
+    x, y = features(model, sp, "val", cfg.eval, progress=False, popularity=pop)
+    w, _, _, _ = fit(x, y, torch.zeros(x.shape[-1] - 1))
+    full = torch.cat([torch.ones(1), w])
+    out = {}
+    for stage in every:
+        # features() keeps users whose item is a candidate, in order: put them back among all users
+        xs, ys = features(model, sp, stage, cfg.eval, progress=False, popularity=pop)
+        got = (xs @ full).topk(k, 1).indices.eq(ys[:, None]).any(1).double().numpy()
+        n_all = len(sp.users)
+        inside = hits_mask(model, cfg, sp, stage)
+        h = np.zeros(n_all)
+        h[inside] = got
+        out[stage] = h
+    return out, w
+
+
+def hits_mask(model, cfg, sp, stage):
+    """[users] bool: the held-out item is among the k1 MIPS candidates"""
+    from grank.evaluate import served_ranks
+    _, gen = served_ranks(model, sp, stage, cfg.eval, progress=False)
+    return np.isfinite(gen)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    paths = sys.argv[1:]
+    if len(paths) < 2 or len(paths) % 2:
+        sys.exit(__doc__)
+    diffs = {"val": [], "test": []}
+    for base, other in zip(paths[::2], paths[1::2]):
+        hb, w = blended_hits(base)
+        print(f"{base} + fitted popularity blend {[round(float(v), 3) for v in w]}", flush=True)
+        for stage in diffs:
+            ho = hits(other, stage)
+            d = ho - hb[stage]
+            diffs[stage].append(d.mean())
+            print(f"  {stage}: {other} {ho.mean():.4f} vs {hb[stage].mean():.4f}: {d.mean():+.4f} +- "
+                  f"{d.std(ddof=1) / np.sqrt(len(d)):.4f}", flush=True)
+    for stage, m in diffs.items():
+        m = np.array(m)
+        print(f"{stage}: mean over {len(m)} seeds {m.mean():+.4f}, s.e. {m.std(ddof=1) / np.sqrt(len(m)):.4f} "
+              f"across seeds; GRank ahead in {int((m > 0).sum())} of {len(m)}")

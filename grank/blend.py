@@ -1,0 +1,129 @@
+"""The served blend of a "fused" Ranker, fitted on held-out data after training.
+
+Served score of candidate c (``grank.ranker``):
+
+    <u, v_c> / tau  +  w_r * r_c  +  sum_j w_j * log1p(count_j(c))
+
+r_c is the Ranker's own score, count_j the candidate's training ratings in the last 7 days, the
+last 30 days and all days before the request's day (``grank.popularity``). Training never sets
+the w: L_CA-info trains r alone, and until the fit the served mix is ``model.ranker_fusion`` x r
+with no popularity term (the served score of every checkpoint saved before the blend existed).
+
+Why fit them afterwards, and on held-out data: on training targets the Generator is in-sample
+(HR@10 0.47 on each user's last training item vs 0.30 held out), so anything learnt on training
+lists learns that the Generator needs little help. The jointly trained Ranker's served slope on
+log1p(30-day count) is 0.05, where a blend fitted on validation puts about 0.3 (and adding
+0.2 x that count to its served score lifts test HR@10 by 0.005; docs/EXPERIMENTS.md, "Fitting the
+served blend on held-out data"). Classic stacking: the weights that combine a model with signals
+it lacks are fitted where the model is not over-confident.
+
+How: for every validation user whose held-out item is among the k1 MIPS candidates, the
+features [gen, r, log1p counts] of the k1 candidates; minimise the softmax cross-entropy of the
+held-out item over its list. The score is linear in the weights, so the loss is convex and
+L-BFGS reaches its minimum. The Generator's weight is fitted too (it sets the softmax
+temperature) and then divided out, since the served order depends only on the ratios. A handful
+of numbers from thousands of users: after the fit, validation metrics are in-sample for those
+numbers only, and the test split is untouched by the fit.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .batches import eval_inputs, eval_times
+from .config import Config
+from .data import Split
+from .mips import mips_top_k, seen_mask
+from .popularity import LOG_SCALE, WINDOWS
+
+
+def applies(cfg: Config) -> bool:
+    """whether ``cfg`` trains a model whose served blend is fitted after training"""
+    return cfg.train.fit_blend and cfg.model.ranker and cfg.model.ranker_score == "fused"
+
+
+def weight_names(cfg: Config) -> list[str]:
+    """names of the ``blend`` entries, in order"""
+    pop = [f"log1p_count_{w}d" if w else "log1p_count_all" for w in WINDOWS] if cfg.model.ranker_popularity else []
+    return ["ranker"] + pop
+
+
+@torch.no_grad()
+def features(model, split: Split, stage: str, ecfg, progress: bool = True, popularity=None):
+    """Blend features of the k1 MIPS candidates of every ``split`` user whose ``stage`` item is
+    among them: (x [U', k1, 2 + n_pop] float32 = [Generator score, r, log1p counts...],
+    target position [U'] int64 in the candidate list). A model without a Ranker (the
+    generator_only control of docs/experiments/blend_control.py) gives [Generator score, log1p
+    counts...], the counts from ``popularity`` (a ``RecentPopularity``)."""
+    model.eval()
+    ranker, R = model.ranker, model.cfg.ranker_history
+    xs, ys = [], []
+    table = model.item_vectors()
+    for s in tqdm(range(0, len(split.users), ecfg.batch_size), desc=f"blend features ({stage})",
+                  disable=not progress, leave=False):
+        ub = split.users[s:s + ecfg.batch_size]
+        ids, rat, feats, targets, seen = eval_inputs(split, ub, stage, R)
+        ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
+        when = torch.as_tensor(eval_times(split, ub, stage))
+        u = model.encode_users(ids, rat, feats, table)
+        gen, cand = mips_top_k(u, table, ecfg.k1, model.cfg.tau, seen_mask(seen, split.data.n_items))
+        if ranker is None:
+            parts = [gen[..., None], popularity(when, cand) * LOG_SCALE]
+        else:
+            pop = model.candidate_popularity(when, cand)
+            r = ranker(u, F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0, pop, own=True)
+            parts = [gen[..., None], r[..., None]] + ([pop * LOG_SCALE] if pop is not None else [])
+        hit = cand == torch.as_tensor(targets)[:, None]
+        keep = hit.any(1)
+        xs.append(torch.cat(parts, -1)[keep])
+        ys.append(hit[keep].to(torch.int64).argmax(1))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def fit(x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
+    """x [U, C, F] features (column 0 the Generator score), y [U] target positions, start [F - 1]
+    the current weights of columns 1.. (the Generator's is 1). Returns (weights [F - 1] with the
+    Generator's divided out, the Generator's fitted weight (the softmax temperature), loss at the
+    start, loss at the fit)."""
+    w = torch.cat([torch.ones(1, device=x.device), start.to(x.device, torch.float32)]).requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def loss():
+        return F.cross_entropy(x @ w, y)
+
+    def closure():
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+    with torch.no_grad():
+        before = float(loss())
+    opt.step(closure)
+    w = w.detach()
+    with torch.no_grad():
+        after = float(loss())
+    if not (np.isfinite(after) and float(w[0]) > 0):
+        raise RuntimeError(f"blend fit failed: loss {after}, Generator weight {float(w[0])} (must be > 0)")
+    return w[1:] / w[0], float(w[0]), before, after
+
+
+def fit_blend(model, split: Split, cfg: Config, progress: bool = True) -> dict:
+    """Fit ``model.ranker.blend`` on the validation split (see module doc) and set it. Returns a
+    summary: the weights by name, the users the fit saw, the Generator's fitted weight (the
+    weights are divided by it), the cross-entropy at the start and at the fit, seconds."""
+    t0 = time.time()
+    x, y = features(model, split, "val", cfg.eval, progress)
+    if len(y) == 0:
+        raise ValueError("blend fit: no validation user has the held-out item among the k1 candidates")
+    # the loss at the start is that of the current served mix (Generator weight 1, then the blend)
+    w, scale, before, after = fit(x, y, model.ranker.blend.detach())
+    with torch.no_grad():
+        model.ranker.blend.copy_(w)
+    return {"weights": {n: round(float(v), 4) for n, v in zip(weight_names(cfg), w)},
+            "fitted_on": "val", "users": int(len(y)), "generator_weight": round(scale, 4),
+            "loss_before": round(before, 4), "loss_after": round(after, 4), "seconds": round(time.time() - t0, 1)}

@@ -1,0 +1,119 @@
+"""The served blend of a fused Ranker, fitted on validation after training (grank.blend)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grank.blend import applies, features, fit, weight_names
+from grank.config import effective_dict, make_config
+from grank.data import split
+from grank.popularity import LOG_SCALE
+from grank.train import build_model, load_checkpoint, train
+
+
+def test_the_fit_recovers_the_weights_that_generated_the_choices():
+    """Lists whose chosen item is drawn from softmax(x @ w): the convex fit finds w's ratios to
+    the Generator's weight (the temperature, 2 here, is divided out)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6000, 20, 4, generator=g)
+    true = torch.tensor([1.0, 0.5, -0.3, 0.2])
+    y = torch.multinomial((x @ (2.0 * true)).softmax(-1), 1, generator=g).squeeze(1)
+    w, scale, before, after = fit(x, y, torch.zeros(3))
+    assert torch.allclose(w, true[1:], atol=0.06), w
+    assert scale == pytest.approx(2.0, abs=0.15) and after < before
+    # the loss it reports is that of the fitted weights at the fitted scale
+    assert F.cross_entropy(x @ (scale * torch.cat([torch.ones(1), w])), y).item() == pytest.approx(after, abs=1e-4)
+
+
+def test_training_fits_the_blend_into_the_kept_checkpoint(ml100k, tiny_cfg, tiny_trained):
+    """train.fit_blend (the default): best.pt carries the fitted weights and the summary says
+    what the fit saw; the loaded model serves Generator score + w_r x r + w . log1p(counts)."""
+    model, cfg, out, summary = tiny_trained
+    assert applies(cfg)
+    b = summary["blend"]
+    assert list(b["weights"]) == weight_names(cfg) == ["ranker", "log1p_count_7d", "log1p_count_30d",
+                                                         "log1p_count_all"]
+    assert b["fitted_on"] == "val" and b["users"] > 0 and b["loss_after"] <= b["loss_before"]
+    assert json.loads((out / "train.json").read_text())["blend"] == b
+    w = model.ranker.blend
+    assert w.tolist() == pytest.approx(list(b["weights"].values()), abs=1e-4)
+    assert not torch.equal(w, model.ranker.default_blend())  # the fit moved them
+    # the served score is that blend of its parts, on real candidates
+    sp = split(ml100k, cfg.train.max_users)
+    x, y = features(model, sp, "val", cfg.eval, progress=False)
+    assert x.shape[-1] == 2 + 3 and len(y) == b["users"]
+    scaled = b["generator_weight"] * torch.cat([torch.ones(1), w])
+    assert F.cross_entropy(x @ scaled, y).item() == pytest.approx(b["loss_after"], abs=1e-3)
+
+
+def test_a_finished_run_resumed_keeps_its_fit(ml100k, tiny_cfg, tiny_trained):
+    """Resuming a finished run (what `grank results` does for a run trained before the blend
+    existed) does not train again and does not refit a fitted checkpoint."""
+    _, _, out, summary = tiny_trained
+    before = (out / "best.pt").read_bytes()
+    again = train(tiny_cfg, ml100k, out, progress=False)
+    assert again["blend"] == summary["blend"] and again["history"] == summary["history"]
+    assert (out / "best.pt").read_bytes() == before
+
+
+def test_checkpoints_saved_before_the_blend_serve_as_they_did(ml100k, tiny_cfg):
+    """A fused Ranker's state without ``blend`` loads with (ranker_fusion, 0, 0, 0): served
+    score = Generator score + ranker_fusion x r, exactly the served score of those checkpoints."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg, ml100k)
+    state = {k: v for k, v in model.state_dict().items() if k != "ranker.blend"}
+    fresh = build_model(tiny_cfg, ml100k)
+    fresh.ranker.blend.fill_(9.0)
+    fresh.load_state_dict(state)
+    assert fresh.ranker.blend.tolist() == pytest.approx([tiny_cfg.model.ranker_fusion, 0, 0, 0])
+    # and with popularity weights the counts enter the served score linearly, per log1p(count)
+    for p in fresh.ranker.head[-1].parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    fresh.eval()
+    B, C, R, d = 2, 5, tiny_cfg.model.ranker_history, tiny_cfg.model.d_model
+    u, cand, hist = torch.randn(B, d), torch.randn(B, C, d), torch.randn(B, R, d)
+    rat, pad, pop = torch.randint(0, 6, (B, R)), torch.zeros(B, R, dtype=torch.bool), torch.rand(B, C, 3)
+    with torch.no_grad():
+        base = fresh.ranker(u, cand, hist, rat, pad, pop)
+        fresh.ranker.blend[2] = 0.5
+        moved = fresh.ranker(u, cand, hist, rat, pad, pop)
+    assert torch.allclose(moved - base, 0.5 * LOG_SCALE * pop[..., 1], atol=1e-5)
+
+
+def test_fit_blend_is_a_step_after_training_only_for_a_fused_ranker():
+    """The setting never changes how a model trains (resume and staleness ignore it); only a
+    fused Ranker has a blend to fit."""
+    a, b = make_config("tiny", "grank"), make_config("tiny", "grank", overrides={"train.fit_blend": False})
+    assert effective_dict(a) == effective_dict(b)
+    assert applies(a) and not applies(b)
+    assert not applies(make_config("tiny", "grank", overrides={"model.ranker_score": "residual"}))
+    assert not applies(make_config("tiny", "generator_only"))
+    assert applies(make_config("tiny", "generator_ranker_no_aux"))
+
+
+def test_training_without_the_fit_keeps_ranker_fusion(ml100k, tiny_cfg, tmp_path):
+    cfg = make_config("tiny", "grank", overrides={"train.fit_blend": False, "train.epochs": 1})
+    summary = train(cfg, ml100k, tmp_path, progress=False)
+    assert "blend" not in summary
+    model, _, ck = load_checkpoint(tmp_path / "best.pt", ml100k)
+    assert "blend" not in ck and torch.equal(model.ranker.blend, model.ranker.default_blend())
+
+
+def test_results_fit_a_run_trained_before_the_blend_existed(ml100k, tmp_path):
+    """`grank results` on a finished run whose train.json and best.pt have no blend (trained
+    before it existed): the run is resumed, not retrained, and only the blend is fitted."""
+    from grank.report import run_row
+    first = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
+    out = tmp_path / "tiny" / "grank"
+    summary = json.loads((out / "train.json").read_text())
+    ck = torch.load(out / "best.pt", weights_only=True)
+    assert first["blend"] == summary["blend"]["weights"]
+    # make it look like an older run: no blend anywhere, served with ranker_fusion alone
+    del summary["blend"], ck["blend"], ck["model"]["ranker.blend"]
+    (out / "train.json").write_text(json.dumps(summary))
+    torch.save(ck, out / "best.pt")
+    again = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
+    refit = json.loads((out / "train.json").read_text())
+    assert refit["history"] == summary["history"]  # not retrained
+    assert again["blend"] == first["blend"] and again["HR@10"] == first["HR@10"]
