@@ -13,8 +13,8 @@ Why fit them afterwards, and on held-out data: on training targets the Generator
 (HR@10 0.47 on each user's last training item vs 0.30 held out), so anything learnt on training
 lists learns that the Generator needs little help. The jointly trained Ranker's served slope on
 log1p(30-day count) is 0.05, where a blend fitted on validation puts about 0.3 (and adding
-0.2 x that count to its served score lifts test HR@10 by 0.005; docs/EXPERIMENTS.md, "Fitting the
-served blend on held-out data"). Classic stacking: the weights that combine a model with signals
+0.2 x that count to its served score lifts test HR@10 by 0.005; docs/EXPERIMENTS.md, "Where
+validation and test part ways, and a served blend fitted on held-out data"). Classic stacking: the weights that combine a model with signals
 it lacks are fitted where the model is not over-confident.
 
 How: for every validation user whose held-out item is among the k1 MIPS candidates, the
@@ -23,7 +23,9 @@ held-out item over its list. The score is linear in the weights, so the loss is 
 L-BFGS reaches its minimum. The Generator's weight is fitted too (it sets the softmax
 temperature) and then divided out, since the served order depends only on the ratios. A handful
 of numbers from thousands of users: after the fit, validation metrics are in-sample for those
-numbers only, and the test split is untouched by the fit.
+numbers only, and the test split is untouched by the fit. The fit is made once, at the trained
+shape (eval.k1, model.ranker_history, recorded with it); turning train.fit_blend off later does
+not undo a fit already saved in a checkpoint.
 """
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ def features(model, split: Split, stage: str, ecfg, progress: bool = True, popul
     counts...], the counts from ``popularity`` (a ``RecentPopularity``)."""
     model.eval()
     ranker, R = model.ranker, model.cfg.ranker_history
+    if ranker is None and popularity is None:
+        raise ValueError("popularity: required for a model without a Ranker (a RecentPopularity)")
     xs, ys = [], []
     table = model.item_vectors()
     for s in tqdm(range(0, len(split.users), ecfg.batch_size), desc=f"blend features ({stage})",
@@ -88,13 +92,16 @@ def fit(x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> tuple[torch.Te
     """x [U, C, F] features (column 0 the Generator score), y [U] target positions, start [F - 1]
     the current weights of columns 1.. (the Generator's is 1). Returns (weights [F - 1] with the
     Generator's divided out, the Generator's fitted weight (the softmax temperature), loss at the
-    start, loss at the fit)."""
+    start, loss at the fit). Candidates whose Generator score is -inf (MIPS filled the list with
+    excluded items: a user with fewer unseen items than k1) take no part."""
+    valid = torch.isfinite(x[..., 0])  # [U, C]
+    x = x.masked_fill(~valid[..., None], 0.0)  # 0 x -inf would make every gradient NaN
     w = torch.cat([torch.ones(1, device=x.device), start.to(x.device, torch.float32)]).requires_grad_(True)
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
                             line_search_fn="strong_wolfe")
 
     def loss():
-        return F.cross_entropy(x @ w, y)
+        return F.cross_entropy((x @ w).masked_fill(~valid, float("-inf")), y)
 
     def closure():
         opt.zero_grad()
@@ -108,6 +115,8 @@ def fit(x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> tuple[torch.Te
     with torch.no_grad():
         after = float(loss())
     if not (np.isfinite(after) and float(w[0]) > 0):
+        # a non-positive Generator weight means the fit would rank against the Generator: the
+        # features do not describe the lists it serves, and dividing it out would flip the order
         raise RuntimeError(f"blend fit failed: loss {after}, Generator weight {float(w[0])} (must be > 0)")
     return w[1:] / w[0], float(w[0]), before, after
 
@@ -116,6 +125,9 @@ def fit_blend(model, split: Split, cfg: Config, progress: bool = True) -> dict:
     """Fit ``model.ranker.blend`` on the validation split (see module doc) and set it. Returns a
     summary: the weights by name, the users the fit saw, the Generator's fitted weight (the
     weights are divided by it), the cross-entropy at the start and at the fit, seconds."""
+    if not (cfg.model.ranker and cfg.model.ranker_score == "fused"):
+        raise ValueError(f"blend fit: needs a fused Ranker (variant {cfg.variant!r}: model.ranker="
+                         f"{cfg.model.ranker}, model.ranker_score={cfg.model.ranker_score!r})")
     t0 = time.time()
     x, y = features(model, split, "val", cfg.eval, progress)
     if len(y) == 0:
@@ -125,5 +137,6 @@ def fit_blend(model, split: Split, cfg: Config, progress: bool = True) -> dict:
     with torch.no_grad():
         model.ranker.blend.copy_(w)
     return {"weights": {n: round(float(v), 4) for n, v in zip(weight_names(cfg), w)},
-            "fitted_on": "val", "users": int(len(y)), "generator_weight": round(scale, 4),
+            "fitted_on": "val", "users": int(len(y)), "k1": cfg.eval.k1, "ranker_history": cfg.model.ranker_history,
+            "generator_weight": round(scale, 4),
             "loss_before": round(before, 4), "loss_after": round(after, 4), "seconds": round(time.time() - t0, 1)}

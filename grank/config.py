@@ -101,9 +101,10 @@ class TrainConfig:
     ranker_holdout: bool = False
     # After training, fit how a fused Ranker's served score mixes the Generator score, the
     # Ranker's own score and log1p of the popularity counts, on the validation split (grank.blend):
-    # trained in-sample, the Ranker weighs what the Generator lacks 3-6x too lightly
-    # (docs/EXPERIMENTS.md, "Fitting the served blend on held-out data"). A step after training:
-    # it does not change how the model trains, and a finished run resumed with it just fits.
+    # trained in-sample, the Ranker put about 1/7 of the held-out fit's weight on the 30-day count
+    # and 1/2 on the 7-day one (docs/EXPERIMENTS.md, "Where validation and test part ways, and a
+    # served blend fitted on held-out data"). A step after training: it does not change how the
+    # model trains, and `grank results` fits an older finished run without training it again.
     fit_blend: bool = True
     eval_every: int = 4         # epochs between validation passes (best epoch is kept)
     max_users: int = 0          # 0: all users; >0 limits users (tests)

@@ -15,7 +15,7 @@ from .blend import applies as blend_applies
 from .config import Config, effective_dict, make_config
 from .data import load, split as make_split
 from .evaluate import evaluate_model, evaluate_popularity
-from .train import load_checkpoint, machine, train
+from .train import fit_saved_blend, load_checkpoint, machine, train
 
 ROWS = ("grank", "generator_only", "generator_ranker_no_aux", "generator_aux", "sasrec", "popularity")
 ANCHORS = [  # Zhai et al. 2024 (HSTU), Table 4, ML-1M, full ranking: published, not ours
@@ -45,13 +45,14 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
     summary_path = out / "train.json"
     stale = not summary_path.exists() or effective_dict(
         Config.from_dict(json.loads(summary_path.read_text())["config"])) != effective_dict(cfg)
-    # a run finished before its served blend was fitted: train() resumes it and only fits
-    unfitted = not stale and blend_applies(cfg) and "blend" not in json.loads(summary_path.read_text())
-    if retrain or stale or unfitted:
+    if retrain or stale:
         summary = train(cfg, data, out)
     else:
         summary = json.loads(summary_path.read_text())
         print(f"{row}: reusing {out}/best.pt (trained {summary['train_seconds']} s)", file=sys.stderr)
+        if blend_applies(cfg) and "blend" not in summary:  # finished before the blend existed: fit only
+            summary["blend"] = fit_saved_blend(out / "best.pt", data)
+            summary_path.write_text(json.dumps(summary, indent=1))
     cached = out / "row.json"  # evaluation of this exact checkpoint, reused by later calls
     best = out / "best.pt"
     if cached.exists() and not retrain and cached.stat().st_mtime >= best.stat().st_mtime:
@@ -115,13 +116,14 @@ def markdown(res: dict) -> str:
                          f"{r[f'gen_HR@{kn}']:.4f} | {rec:.4f} |")
     blended = [r for r in res["rows"] if r.get("blend")]
     if blended:
-        names = list(blended[0]["blend"])
+        names = list(dict.fromkeys(n for r in blended for n in r["blend"]))  # every row's, in order
         lines += ["", "Served blend of each fused Ranker, fitted on validation after training (grank.blend): "
                   "served score = Generator score + these weights x (the Ranker's own score, log1p of "
                   "the candidate's training ratings in each window before the request's day):", "",
                   "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for r in blended:
-            lines.append(f"| {r['model']} | " + " | ".join(f"{r['blend'][n]:+.3f}" for n in names) + " |")
+            lines.append(f"| {r['model']} | " + " | ".join(f"{r['blend'][n]:+.3f}" if n in r["blend"] else "-"
+                                                          for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 

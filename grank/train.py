@@ -324,7 +324,7 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
         state["epoch"] = epoch + 1
         checkpoint(last)
         print(json.dumps(rec))
-    blend = _fit_blend(cfg, model, sp, out / "best.pt", state, progress) if blend_applies(cfg) else None
+    blend = fit_saved_blend(out / "best.pt", data, progress) if blend_applies(cfg) else None
     summary = dict(variant=cfg.variant, config=trained_config, machine=machine(device),
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
@@ -337,18 +337,21 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
     return summary
 
 
-def _fit_blend(cfg, model, sp, best: Path, state, progress) -> dict:
-    """train.fit_blend: fit the served blend of the kept checkpoint on validation (grank.blend)
-    and save it into best.pt, once: a finished run resumed later reuses the fit."""
+def fit_saved_blend(best: str | Path, data: Interactions, progress: bool = True) -> dict:
+    """train.fit_blend: fit the served blend of the checkpoint ``best`` (the kept epoch) on
+    validation (grank.blend) and save it there, once: a checkpoint that has one keeps it. Returns
+    the fit's summary, with validation HR@10 / NDCG@10 before (the kept epoch's) and after (in-sample
+    for the few blend weights; test never enters)."""
+    best = Path(best)
     ck = torch.load(best, map_location="cpu", weights_only=True)
     if "blend" not in ck:
-        model.load_state_dict(ck["model"])  # the kept epoch, not the last one
+        model, cfg, _ = load_checkpoint(best, data)
+        sp = make_split(data, cfg.train.max_users)
         info = fit_blend(model, sp, cfg, progress)
         val = evaluate_model(model, sp, "val", cfg.eval, progress=progress)
-        # validation after the fit is in-sample for the few blend weights (test never is)
-        info["val_before"] = {k: round(state["best"][k], 5) for k in ("HR@10", "NDCG@10")}
+        info["val_before"] = {k: round(ck["state"]["best"][k], 5) for k in ("HR@10", "NDCG@10")}
         info["val_after"] = {k: round(val[k], 5) for k in ("HR@10", "NDCG@10")}
-        ck["model"], ck["blend"] = model.state_dict(), info
+        ck["model"], ck["blend"] = {k: v.cpu() for k, v in model.state_dict().items()}, info
         save(best, ck)
     print(json.dumps({"blend": ck["blend"]}))
     return ck["blend"]

@@ -5,11 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grank.blend import applies, features, fit, weight_names
+from grank.batches import eval_inputs, eval_times
+from grank.blend import applies, features, fit, fit_blend, weight_names
 from grank.config import effective_dict, make_config
 from grank.data import split
+from grank.mips import mips_top_k, seen_mask
 from grank.popularity import LOG_SCALE
-from grank.train import build_model, load_checkpoint, train
+from grank.train import build_model, fit_saved_blend, load_checkpoint, train
 
 
 def test_the_fit_recovers_the_weights_that_generated_the_choices():
@@ -24,6 +26,28 @@ def test_the_fit_recovers_the_weights_that_generated_the_choices():
     assert scale == pytest.approx(2.0, abs=0.15) and after < before
     # the loss it reports is that of the fitted weights at the fitted scale
     assert F.cross_entropy(x @ (scale * torch.cat([torch.ones(1), w])), y).item() == pytest.approx(after, abs=1e-4)
+
+
+def test_the_fit_ignores_candidates_masked_out_of_the_list():
+    """MIPS fills a short list with -inf scores (a user with fewer unseen items than k1): those
+    candidates take no part, and the fit gives the same weights as without them."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, 12, 3, generator=g)
+    true = torch.tensor([1.0, -0.4, 0.3])
+    y = torch.multinomial((x @ (2.0 * true)).softmax(-1), 1, generator=g).squeeze(1)
+    padded = torch.cat([x, torch.randn(3000, 4, 3, generator=g)], 1)
+    padded[:, 12:, 0] = float("-inf")
+    w, _, _, after = fit(x, y, torch.zeros(2))
+    w2, _, _, after2 = fit(padded, y, torch.zeros(2))
+    assert torch.isfinite(w2).all() and torch.allclose(w, w2, atol=1e-4) and after2 == pytest.approx(after, abs=1e-5)
+
+
+def test_a_fit_that_would_rank_against_the_generator_is_an_error():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2000, 10, 2, generator=g)
+    y = (-x[..., 0]).argmax(1)  # the target is always the Generator's worst candidate
+    with pytest.raises(RuntimeError, match=r"blend fit failed: .*Generator weight .* \(must be > 0\)"):
+        fit(x, y, torch.zeros(1))
 
 
 def test_training_fits_the_blend_into_the_kept_checkpoint(ml100k, tiny_cfg, tiny_trained):
@@ -45,6 +69,44 @@ def test_training_fits_the_blend_into_the_kept_checkpoint(ml100k, tiny_cfg, tiny
     assert x.shape[-1] == 2 + 3 and len(y) == b["users"]
     scaled = b["generator_weight"] * torch.cat([torch.ones(1), w])
     assert F.cross_entropy(x @ scaled, y).item() == pytest.approx(b["loss_after"], abs=1e-3)
+    assert (b["k1"], b["ranker_history"]) == (cfg.eval.k1, cfg.model.ranker_history)
+
+
+def test_the_blend_features_are_the_parts_of_the_served_score(ml100k, tiny_trained):
+    """What the fit weighs is what is served: for the same candidates, Generator score + the
+    blend x the other feature columns equals the Ranker stage's served score (model.rank, the
+    graph the export traces)."""
+    model, cfg, _, _ = tiny_trained
+    sp = split(ml100k, cfg.train.max_users)
+    x, y = features(model, sp, "val", cfg.eval, progress=False)
+    ids, rat, feats, targets, seen = eval_inputs(sp, sp.users, "val", cfg.model.ranker_history)
+    ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
+    with torch.no_grad():
+        table = model.item_vectors()
+        u = model.encode_users(ids, rat, feats, table)
+        _, cand = mips_top_k(u, table, cfg.eval.k1, cfg.model.tau, seen_mask(seen, ml100k.n_items))
+        served = model.rank(u, ids, rat, cand, table, torch.as_tensor(eval_times(sp, sp.users, "val")))
+    keep = (cand == torch.as_tensor(targets)[:, None]).any(1)
+    assert int(keep.sum()) == len(y)
+    blended = x[..., 0] + x[..., 1:] @ model.ranker.blend
+    assert torch.allclose(blended, served[keep], atol=1e-4)
+
+
+def test_the_fit_changes_only_the_blend_of_the_checkpoint_it_reads(ml100k, tiny_cfg, tmp_path):
+    """fit_saved_blend reads the kept checkpoint itself (not whatever the training loop holds)
+    and rewrites only ranker.blend in it; a second call leaves it alone."""
+    cfg = make_config("tiny", "grank", overrides={"train.fit_blend": False, "train.epochs": 1})
+    train(cfg, ml100k, tmp_path, progress=False)
+    before = torch.load(tmp_path / "best.pt", weights_only=True)
+    info = fit_saved_blend(tmp_path / "best.pt", ml100k, progress=False)
+    after = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert after["blend"] == info and "blend" not in before
+    changed = [k for k in before["model"] if not torch.equal(before["model"][k], after["model"][k])]
+    assert changed == ["ranker.blend"]
+    assert info["val_before"]["HR@10"] == pytest.approx(before["state"]["best"]["HR@10"], abs=1e-5)
+    again = (tmp_path / "best.pt").read_bytes()
+    assert fit_saved_blend(tmp_path / "best.pt", ml100k, progress=False) == info
+    assert (tmp_path / "best.pt").read_bytes() == again
 
 
 def test_a_finished_run_resumed_keeps_its_fit(ml100k, tiny_cfg, tiny_trained):
@@ -92,6 +154,16 @@ def test_fit_blend_is_a_step_after_training_only_for_a_fused_ranker():
     assert applies(make_config("tiny", "generator_ranker_no_aux"))
 
 
+def test_fitting_a_model_without_a_fused_ranker_names_the_setting(ml100k):
+    cfg = make_config("tiny", "grank", overrides={"model.ranker_score": "residual"})
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="blend fit: needs a fused Ranker .*model.ranker_score='residual'"):
+        fit_blend(build_model(cfg, ml100k), split(ml100k, cfg.train.max_users), cfg, progress=False)
+    only = make_config("tiny", "generator_only")
+    with pytest.raises(ValueError, match="popularity: required for a model without a Ranker"):
+        features(build_model(only, ml100k), split(ml100k, 50), "val", only.eval, progress=False)
+
+
 def test_training_without_the_fit_keeps_ranker_fusion(ml100k, tiny_cfg, tmp_path):
     cfg = make_config("tiny", "grank", overrides={"train.fit_blend": False, "train.epochs": 1})
     summary = train(cfg, ml100k, tmp_path, progress=False)
@@ -109,11 +181,13 @@ def test_results_fit_a_run_trained_before_the_blend_existed(ml100k, tmp_path):
     summary = json.loads((out / "train.json").read_text())
     ck = torch.load(out / "best.pt", weights_only=True)
     assert first["blend"] == summary["blend"]["weights"]
-    # make it look like an older run: no blend anywhere, served with ranker_fusion alone
+    # make it look like an older run: no blend anywhere, served with ranker_fusion alone, and
+    # only best.pt kept (no last.pt to resume from: it must not be trained again)
     del summary["blend"], ck["blend"], ck["model"]["ranker.blend"]
     (out / "train.json").write_text(json.dumps(summary))
     torch.save(ck, out / "best.pt")
+    (out / "last.pt").unlink()
     again = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
     refit = json.loads((out / "train.json").read_text())
-    assert refit["history"] == summary["history"]  # not retrained
+    assert refit["history"] == summary["history"] and not (out / "last.pt").exists()  # not retrained
     assert again["blend"] == first["blend"] and again["HR@10"] == first["HR@10"]

@@ -1,5 +1,6 @@
-"""The control for the fitted served blend (docs/EXPERIMENTS.md, "Fitting the served blend on
-held-out data"): does GRank's Ranker add anything beyond the popularity counts it mixes in? Each
+"""The control for the fitted served blend (docs/EXPERIMENTS.md, "Where validation and test part
+ways, and a served blend fitted on held-out data"): does GRank's Ranker add anything beyond the
+popularity counts its served score mixes in? Each
 generator_only checkpoint gets the same treatment as GRank's Ranker (grank.blend): Generator
 score + w . log1p(7-day, 30-day, all-time counts), w fitted on validation by the same convex
 cross-entropy, then HR@10 on validation and test, paired per user against the GRank checkpoint
@@ -35,13 +36,21 @@ def blended_hits(path, k=10):
     for stage in every:
         # features() keeps users whose item is a candidate, in order: put them back among all users
         xs, ys = features(model, sp, stage, cfg.eval, progress=False, popularity=pop)
-        got = (xs @ full).topk(k, 1).indices.eq(ys[:, None]).any(1).double().numpy()
+        got = pessimistic_hits(xs, ys, full, k)
         n_all = len(sp.users)
         inside = hits_mask(model, cfg, sp, stage)
         h = np.zeros(n_all)
         h[inside] = got
         out[stage] = h
     return out, w
+
+
+def pessimistic_hits(x, y, w, k):
+    """[U] 1.0 where the target ranks in the top k of its list, ties counted against it (the
+    results protocol, grank.evaluate.list_ranks); -inf Generator scores are never above it"""
+    s = x.nan_to_num(neginf=-1e30) @ w
+    t = s.gather(1, y[:, None])
+    return ((s >= t).sum(1) - 1 < k).double().numpy()
 
 
 def hits_mask(model, cfg, sp, stage):

@@ -18,7 +18,9 @@ ALONE = 1e6  # a weight this large stands for "the correction alone"
 
 def fusion_sweep(model, cfg, sp, stage, ws, ks=(10, 50), scale=1.0):
     """{w: metrics} of the pipeline served with Generator score + w * (Ranker score - Generator
-    score) / scale over the k1 candidates (w = ALONE: that correction alone)."""
+    score) / scale over the k1 candidates (w = ALONE: that correction alone). On a checkpoint with
+    a fitted served blend (grank.blend) the correction includes the blend's popularity terms, so
+    w then scales those too, not only the Ranker's own score."""
     model.eval()
     R, ranks = cfg.model.ranker_history, {w: [] for w in ws}
     with torch.no_grad():
