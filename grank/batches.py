@@ -58,13 +58,14 @@ def eval_inputs(split: Split, users: np.ndarray, stage: str, length: int):
     """Serving-style inputs for evaluating ``stage`` ('val' or 'test') of ``users``.
 
     Returns hist_ids, hist_ratings [B, length] (the newest ``length`` interactions visible at
-    that stage), user_feats [B, 4], targets [B] and seen [list of arrays]: every item of the
-    visible history (not just the window), excluded from the ranking in the filtered protocol.
+    that stage), user_feats [B, 4], targets [B] and seen [list of arrays]: every item before the
+    target (the visible history, not just the window), excluded from the ranking in the filtered
+    protocol.
     """
     ends = np.array([split.history_len(int(u), stage) for u in users], dtype=np.int64)
     ids, rat = windows(split.data, users, ends, length)
     targets = np.array([split.target(int(u), stage) for u in users], dtype=np.int64)
-    seen = [split.data.seq(int(u))[:e] for u, e in zip(users, ends)]
+    seen = [split.data.seq(int(u))[:split.target_index(int(u), stage)] for u in users]
     return ids, rat, split.data.user_feats[users], targets, seen
 
 

@@ -34,12 +34,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from .batches import eval_inputs, eval_times
 from .config import Config
 from .data import Split
-from .mips import mips_top_k, seen_mask
+from .evaluate import generate, stage_batches
 from .popularity import LOG_SCALE, WINDOWS
 
 
@@ -58,34 +56,31 @@ def weight_names(cfg: Config) -> list[str]:
 def features(model, split: Split, stage: str, ecfg, progress: bool = True, popularity=None):
     """Blend features of the k1 MIPS candidates of every ``split`` user whose ``stage`` item is
     among them: (x [U', k1, 2 + n_pop] float32 = [Generator score, r, log1p counts...],
-    target position [U'] int64 in the candidate list). A model without a Ranker (the
-    generator_only control of docs/experiments/blend_control.py) gives [Generator score, log1p
-    counts...], the counts from ``popularity`` (a ``RecentPopularity``)."""
+    target position [U'] int64 in the candidate list, kept [U] bool: which of ``split.users``
+    those U' are). A model without a Ranker (the generator_only control of
+    docs/experiments/blend_control.py) gives [Generator score, log1p counts...], the counts from
+    ``popularity`` (a ``RecentPopularity``)."""
     model.eval()
-    ranker, R = model.ranker, model.cfg.ranker_history
+    ranker = model.ranker
     if ranker is None and popularity is None:
         raise ValueError("popularity: required for a model without a Ranker (a RecentPopularity)")
-    xs, ys = [], []
-    table = model.item_vectors()
-    for s in tqdm(range(0, len(split.users), ecfg.batch_size), desc=f"blend features ({stage})",
-                  disable=not progress, leave=False):
-        ub = split.users[s:s + ecfg.batch_size]
-        ids, rat, feats, targets, seen = eval_inputs(split, ub, stage, R)
-        ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
-        when = torch.as_tensor(eval_times(split, ub, stage))
-        u = model.encode_users(ids, rat, feats, table)
-        gen, cand = mips_top_k(u, table, ecfg.k1, model.cfg.tau, seen_mask(seen, split.data.n_items))
+    xs, ys, kept = [], [], []
+    for ids, rat, feats, targets, excl, when in stage_batches(
+            split, stage, model.cfg.ranker_history, ecfg.batch_size, progress=progress,
+            desc=f"blend features ({stage})"):
+        table, u, gen, cand = generate(model, ids, rat, feats, ecfg.k1, excl)
         if ranker is None:
             parts = [gen[..., None], popularity(when, cand) * LOG_SCALE]
         else:
             pop = model.candidate_popularity(when, cand)
             r = ranker(u, F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0, pop, own=True)
             parts = [gen[..., None], r[..., None]] + ([pop * LOG_SCALE] if pop is not None else [])
-        hit = cand == torch.as_tensor(targets)[:, None]
+        hit = cand == targets[:, None]
         keep = hit.any(1)
         xs.append(torch.cat(parts, -1)[keep])
         ys.append(hit[keep].to(torch.int64).argmax(1))
-    return torch.cat(xs), torch.cat(ys)
+        kept.append(keep)
+    return torch.cat(xs), torch.cat(ys), torch.cat(kept)
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
@@ -129,7 +124,7 @@ def fit_blend(model, split: Split, cfg: Config, progress: bool = True) -> dict:
         raise ValueError(f"blend fit: needs a fused Ranker (variant {cfg.variant!r}: model.ranker="
                          f"{cfg.model.ranker}, model.ranker_score={cfg.model.ranker_score!r})")
     t0 = time.time()
-    x, y = features(model, split, "val", cfg.eval, progress)
+    x, y, _ = features(model, split, "val", cfg.eval, progress)
     if len(y) == 0:
         raise ValueError("blend fit: no validation user has the held-out item among the k1 candidates")
     # the loss at the start is that of the current served mix (Generator weight 1, then the blend)

@@ -242,9 +242,13 @@ class Split:
     def train_len(self, u: int) -> int:
         return int(self.data.offsets[u + 1] - self.data.offsets[u]) - HELD_OUT
 
+    def target_index(self, u: int, stage: str) -> int:
+        """Position in s of the held-out ``stage`` item: everything before it was seen by then
+        (and is excluded from the ranking in the filtered protocol)."""
+        return self.history_len(u, stage)
+
     def target(self, u: int, stage: str) -> int:
-        s = self.data.seq(u)
-        return int(s[-2] if stage == "val" else s[-1])
+        return int(self.data.seq(u)[self.target_index(u, stage)])
 
     def history_len(self, u: int, stage: str) -> int:
         """Length of the prefix of s visible when predicting the ``stage`` target."""

@@ -51,19 +51,42 @@ def metrics_from_ranks(ranks, ks) -> dict:
 
 
 @torch.no_grad()
+def generate(model, hist_ids, hist_ratings, user_feats, k1: int, exclude=None):
+    """Stage 1 as served: (item table [N+1, d], user vectors [B, d], MIPS scores [B, k1], candidate
+    ids [B, k1]) for torch inputs ([B, R] int64 histories, [B, 4] int64 profile, optional
+    [B, N+1] bool exclusion)."""
+    table = model.item_vectors()
+    u = model.encode_users(hist_ids, hist_ratings, user_feats, table)
+    gen_scores, gen_ids = mips_top_k(u, table, k1, model.cfg.tau, exclude)
+    return table, u, gen_scores, gen_ids
+
+
 def recommend(model, hist_ids, hist_ratings, user_feats, k1: int, k2: int, exclude=None,
               request_time=None):
     """The two-stage pipeline as served. Inputs are torch tensors ([B, R] int64 histories,
     [B, 4] int64 profile, optional [B, N+1] bool exclusion, [B] int64 request times for a
     Ranker with ``model.ranker_popularity``). Returns (ids [B, k2], scores [B, k2], generator
     ids [B, k1])."""
-    table = model.item_vectors()
-    u = model.encode_users(hist_ids, hist_ratings, user_feats, table)
-    gen_scores, gen_ids = mips_top_k(u, table, k1, model.cfg.tau, exclude)
+    table, u, gen_scores, gen_ids = generate(model, hist_ids, hist_ratings, user_feats, k1, exclude)
     if model.ranker is None:
         return gen_ids[:, :k2], gen_scores[:, :k2], gen_ids
     ids, top = model.rank_top_k(u, hist_ids, hist_ratings, gen_ids, k2, table, request_time)
     return ids, top, gen_ids
+
+
+def stage_batches(split: Split, stage: str, length: int, batch_size: int, users: np.ndarray | None = None,
+                  filtered: bool = True, progress: bool = False, desc: str = ""):
+    """The served inputs of ``stage`` ('val' or 'test'), a batch of users at a time, as torch
+    tensors: (hist_ids [B, length], hist_ratings [B, length], user_feats [B, 4], targets [B],
+    exclusion [B, N+1] bool (None unfiltered), request_time [B])."""
+    users = split.users if users is None else users
+    for s in tqdm(range(0, len(users), batch_size), desc=desc or f"eval {stage}", disable=not progress,
+                  leave=False):
+        ub = users[s:s + batch_size]
+        ids, rat, feats, targets, seen = eval_inputs(split, ub, stage, length)
+        excl = seen_mask(seen, split.data.n_items) if filtered else None
+        yield (*map(torch.as_tensor, (ids, rat, feats, targets)), excl,
+               torch.as_tensor(eval_times(split, ub, stage)))
 
 
 def served_ranks(model, split: Split, stage: str, ecfg, filtered: bool = True,
@@ -72,19 +95,10 @@ def served_ranks(model, split: Split, stage: str, ecfg, filtered: bool = True,
     pipeline's list and in the Generator's k1 candidates: (final [U], gen [U]) float64, MISS
     where absent. ``evaluate_model`` turns them into metrics; paired comparisons use them as is."""
     model.eval()
-    users = split.users if users is None else users
-    R = model.cfg.ranker_history
-    n_items = split.data.n_items
     final, gen = [], []
-    for s in tqdm(range(0, len(users), ecfg.batch_size), desc=f"eval {stage}", disable=not progress,
-                  leave=False):
-        ub = users[s:s + ecfg.batch_size]
-        ids, rat, feats, targets, seen = eval_inputs(split, ub, stage, R)
-        excl = seen_mask(seen, n_items) if filtered else None
-        out_ids, out_scores, gen_ids = recommend(
-            model, torch.as_tensor(ids), torch.as_tensor(rat), torch.as_tensor(feats),
-            ecfg.k1, ecfg.k2, excl, torch.as_tensor(eval_times(split, ub, stage)))
-        tt = torch.as_tensor(targets)
+    for ids, rat, feats, tt, excl, when in stage_batches(split, stage, model.cfg.ranker_history,
+                                                          ecfg.batch_size, users, filtered, progress):
+        out_ids, out_scores, gen_ids = recommend(model, ids, rat, feats, ecfg.k1, ecfg.k2, excl, when)
         final.append(list_ranks(out_ids, out_scores, tt).cpu().numpy())
         # generator order: candidate list position is its rank (topk returns sorted scores)
         pos = (gen_ids == tt[:, None]).float().argmax(1).to(torch.float64)

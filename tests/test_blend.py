@@ -65,8 +65,8 @@ def test_training_fits_the_blend_into_the_kept_checkpoint(ml100k, tiny_cfg, tiny
     assert not torch.equal(w, model.ranker.default_blend())  # the fit moved them
     # the served score is that blend of its parts, on real candidates
     sp = split(ml100k, cfg.train.max_users)
-    x, y = features(model, sp, "val", cfg.eval, progress=False)
-    assert x.shape[-1] == 2 + 3 and len(y) == b["users"]
+    x, y, kept = features(model, sp, "val", cfg.eval, progress=False)
+    assert x.shape[-1] == 2 + 3 and len(y) == b["users"] == int(kept.sum()) and len(kept) == len(sp.users)
     scaled = b["generator_weight"] * torch.cat([torch.ones(1), w])
     assert F.cross_entropy(x @ scaled, y).item() == pytest.approx(b["loss_after"], abs=1e-3)
     assert (b["k1"], b["ranker_history"]) == (cfg.eval.k1, cfg.model.ranker_history)
@@ -78,7 +78,7 @@ def test_the_blend_features_are_the_parts_of_the_served_score(ml100k, tiny_train
     graph the export traces)."""
     model, cfg, _, _ = tiny_trained
     sp = split(ml100k, cfg.train.max_users)
-    x, y = features(model, sp, "val", cfg.eval, progress=False)
+    x, y, kept = features(model, sp, "val", cfg.eval, progress=False)
     ids, rat, feats, targets, seen = eval_inputs(sp, sp.users, "val", cfg.model.ranker_history)
     ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_the_blend_features_are_the_parts_of_the_served_score(ml100k, tiny_train
         _, cand = mips_top_k(u, table, cfg.eval.k1, cfg.model.tau, seen_mask(seen, ml100k.n_items))
         served = model.rank(u, ids, rat, cand, table, torch.as_tensor(eval_times(sp, sp.users, "val")))
     keep = (cand == torch.as_tensor(targets)[:, None]).any(1)
-    assert int(keep.sum()) == len(y)
+    assert torch.equal(keep, kept) and int(keep.sum()) == len(y)
     blended = x[..., 0] + x[..., 1:] @ model.ranker.blend
     assert torch.allclose(blended, served[keep], atol=1e-4)
 

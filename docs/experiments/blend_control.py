@@ -28,19 +28,14 @@ def blended_hits(path, k=10):
     model, cfg, _ = load_checkpoint(path)
     sp = make_split(load(cfg.dataset), 0)
     pop = RecentPopularity.from_data(sp.data)
-    every = {"val": [], "test": []}
-    x, y = features(model, sp, "val", cfg.eval, progress=False, popularity=pop)
+    feats = {stage: features(model, sp, stage, cfg.eval, progress=False, popularity=pop) for stage in ("val", "test")}
+    x, y, _ = feats["val"]
     w, _, _, _ = fit(x, y, torch.zeros(x.shape[-1] - 1))
     full = torch.cat([torch.ones(1), w])
     out = {}
-    for stage in every:
-        # features() keeps users whose item is a candidate, in order: put them back among all users
-        xs, ys = features(model, sp, stage, cfg.eval, progress=False, popularity=pop)
-        got = pessimistic_hits(xs, ys, full, k)
-        n_all = len(sp.users)
-        inside = hits_mask(model, cfg, sp, stage)
-        h = np.zeros(n_all)
-        h[inside] = got
+    for stage, (xs, ys, kept) in feats.items():
+        h = np.zeros(len(sp.users))
+        h[kept.numpy()] = pessimistic_hits(xs, ys, full, k)
         out[stage] = h
     return out, w
 
@@ -51,13 +46,6 @@ def pessimistic_hits(x, y, w, k):
     s = x.nan_to_num(neginf=-1e30) @ w
     t = s.gather(1, y[:, None])
     return ((s >= t).sum(1) - 1 < k).double().numpy()
-
-
-def hits_mask(model, cfg, sp, stage):
-    """[users] bool: the held-out item is among the k1 MIPS candidates"""
-    from grank.evaluate import served_ranks
-    _, gen = served_ranks(model, sp, stage, cfg.eval, progress=False)
-    return np.isfinite(gen)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,10 @@ on val and val_skip, small on test and test_skip), it is the held-out items them
 """
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, '.')
 sys.path.insert(0, 'docs/experiments')
-import grank.evaluate
-from grank.batches import eval_inputs
 from grank.data import HELD_OUT, Split
 from paired import seed_pairs
 
@@ -34,7 +31,8 @@ STAGES = ("val", "test", "test_skip", "val_skip")
 
 class ShiftedSplit(Split):
     """``Split`` with the two skip stages. AT[stage] = (items after the history, items from the
-    target to the end), so history = s[:n - AT[0]] and target = s[n - AT[1]]."""
+    target to the end), so history = s[:n - AT[0]] and target = s[n - AT[1]]; everything before
+    the target, the skipped item included, is excluded from the ranking (``eval_inputs``)."""
     AT = {"val": (HELD_OUT, HELD_OUT), "test": (HELD_OUT - 1, HELD_OUT - 1),
           "test_skip": (HELD_OUT, HELD_OUT - 1), "val_skip": (HELD_OUT + 1, HELD_OUT)}
 
@@ -44,22 +42,9 @@ class ShiftedSplit(Split):
     def history_len(self, u: int, stage: str) -> int:
         return self._n(u) - self.AT[stage][0]
 
-    def target(self, u: int, stage: str) -> int:
-        return int(self.data.seq(u)[self._n(u) - self.AT[stage][1]])
+    def target_index(self, u: int, stage: str) -> int:
+        return self._n(u) - self.AT[stage][1]
 
-    def skipped(self, u: int, stage: str) -> np.ndarray:
-        """items between the history and the target: seen by the user, so excluded too"""
-        return self.data.seq(u)[self.history_len(u, stage):self._n(u) - self.AT[stage][1]]
-
-
-def _eval_inputs(split, users, stage, length):
-    ids, rat, feats, targets, seen = eval_inputs(split, users, stage, length)
-    if isinstance(split, ShiftedSplit):
-        seen = [np.concatenate([s, split.skipped(int(u), stage)]) for s, u in zip(seen, users)]
-    return ids, rat, feats, targets, seen
-
-
-grank.evaluate.eval_inputs = _eval_inputs  # served_ranks builds its inputs through this name
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

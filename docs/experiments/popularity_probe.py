@@ -17,10 +17,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, '.')
 sys.path.insert(0, 'docs/experiments')
-from grank.batches import eval_inputs, eval_times
 from grank.data import load, split as make_split
-from grank.evaluate import list_ranks
-from grank.mips import mips_top_k, seen_mask
+from grank.evaluate import generate, list_ranks, stage_batches
 from grank.popularity import LOG_SCALE, WINDOWS, RecentPopularity
 from grank.train import load_checkpoint
 from paired import hits
@@ -33,19 +31,13 @@ def beta_hits(path, stage, sp, pop):
     model, cfg, _ = load_checkpoint(path)
     out = {b: [] for b in BETAS}
     with torch.no_grad():
-        table = model.item_vectors()
-        for s in range(0, len(sp.users), 512):
-            ub = sp.users[s:s + 512]
-            ids, rat, feats, targets, seen = eval_inputs(sp, ub, stage, cfg.model.ranker_history)
-            ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
-            when = torch.as_tensor(eval_times(sp, ub, stage))
-            u = model.encode_users(ids, rat, feats, table)
-            g, cand = mips_top_k(u, table, cfg.eval.k1, cfg.model.tau, seen_mask(seen, sp.data.n_items))
+        for ids, rat, feats, targets, excl, when in stage_batches(sp, stage, cfg.model.ranker_history, 512):
+            table, u, g, cand = generate(model, ids, rat, feats, cfg.eval.k1, excl)
             served = model.rank(u, ids, rat, cand, table, when) if model.ranker is not None else g
             count30 = pop(when, cand)[..., WINDOWS.index(30)] * LOG_SCALE
             for b in BETAS:
                 top, pos = (served + b * count30).topk(10, 1)
-                out[b].append((list_ranks(cand.gather(1, pos), top, torch.as_tensor(targets)).numpy() < 10) * 1.0)
+                out[b].append((list_ranks(cand.gather(1, pos), top, targets).numpy() < 10) * 1.0)
     return {b: np.concatenate(v) for b, v in out.items()}
 
 
@@ -67,13 +59,9 @@ def slope(paths):
         model, cfg, _ = load_checkpoint(path)
         ranker = model.ranker
         with torch.no_grad():
-            table = model.item_vectors()
-            ub = sp.users[:1024]
-            ids, rat, feats, _, seen = eval_inputs(sp, ub, "test", cfg.model.ranker_history)
-            ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
-            u = model.encode_users(ids, rat, feats, table)
-            _, cand = mips_top_k(u, table, 50, cfg.model.tau, seen_mask(seen, sp.data.n_items))
-            pop = model.candidate_popularity(torch.as_tensor(eval_times(sp, ub, "test")), cand)
+            ids, rat, feats, _, excl, when = next(stage_batches(sp, "test", cfg.model.ranker_history, 1024))
+            table, u, _, cand = generate(model, ids, rat, feats, 50, excl)
+            pop = model.candidate_popularity(when, cand)
             args = (u, F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0)
             base = ranker(*args, pop, own=True)
             w_r = float(ranker.blend[0])
