@@ -121,15 +121,18 @@ plan: setup ## Capacity planner from docs/performance.json: make plan QPS=2000 P
 	$(PY) -m perf plan --qps $(QPS) --p99-ms $(P99_MS) --items $(ITEMS)
 
 bench: setup ## MIPS stage vs FAISS flat/HNSW/IVF peers and the machine's floor (N to 5M; long) -> docs/
-	$(PY) -m perf bench --checkpoint $(CHECKPOINT)
+	$(PY) -m mipsbench cpu --checkpoint $(CHECKPOINT)
+	$(PY) -m perf report
 
 bench-quick: setup ## A few-minute smoke run of the MIPS benchmark (N up to 50k) into $(ARTIFACTS)/bench-quick
-	$(PY) -m perf bench --checkpoint $(CHECKPOINT) --quick --docs $(ARTIFACTS)/bench-quick
+	$(PY) -m mipsbench cpu --checkpoint $(CHECKPOINT) --quick --docs $(ARTIFACTS)/bench-quick
+	$(PY) -m perf report --docs $(ARTIFACTS)/bench-quick
 
 bench-gpu: setup ## MIPS stage on a CUDA GPU (fp32/fp16/bf16, exact re-score, two-step top-k; N to 100M) -> docs/ (GPU machines only)
-	$(PY) -m perf.gpu_mips --dump-vectors $(CHECKPOINT) --vectors $(ARTIFACTS)/vectors.npz
-	$(PY) -m perf.gpu_mips --vectors $(ARTIFACTS)/vectors.npz --out $(ARTIFACTS)/gpu-mips
-	$(PY) -m perf.gpu_mips --merge $(ARTIFACTS)/gpu-mips/gpu_mips.json
+	$(PY) -m mipsbench vectors --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)/vectors.npz
+	$(PY) -m mipsbench gpu --vectors $(ARTIFACTS)/vectors.npz --out $(ARTIFACTS)/gpu-mips
+	$(PY) -m mipsbench merge $(ARTIFACTS)/gpu-mips/gpu_mips.json
+	$(PY) -m perf report
 
 test: setup ## Run the test suite (CPU; GPU tests are skipped with the reason)
 	$(PY) -m pytest $(PYTEST_ARGS) tests

@@ -78,7 +78,7 @@ def _run(ap, a) -> int:
                 print(f"  {i:2d}. {r.title} [movie {r.movie_id}]  score {r.score:.3f}")
         return 0
 
-    from grank.train import load_checkpoint
+    from grank.checkpoint import load_checkpoint
 
     from .selfcheck import self_check
     model, cfg, _ = load_checkpoint(a.checkpoint, served=True)  # the shape the repository serves
@@ -98,4 +98,5 @@ def _run(ap, a) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from grank.cli import run
+    run(main)

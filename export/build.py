@@ -6,7 +6,7 @@ from pathlib import Path
 
 from grank.data import Interactions, load
 from grank.signatures import takes_request_time
-from grank.train import load_checkpoint
+from grank.checkpoint import load_checkpoint
 from grank.validation import limits_dict
 
 from .onnx_models import PROTOBUF_LIMIT, export_all, graphs

@@ -1,7 +1,7 @@
 """A reduced-precision MIPS graph: int8 item table for the full scan, exact fp32 re-score of a
 short list (the paper's "quantise the item embeddings directly"). Same signature as the
 served ``grank_mips`` (``grank.signatures``), so it is a drop-in candidate; the benchmark
-(``perf.mips_methods.GrankMipsInt8``) decides whether it earns its place.
+(``mipsbench.methods.GrankMipsInt8``) decides whether it earns its place.
 
     u = user_embedding / tau                                   [B, d] float32
     scan:    uint8(u) x int8(items) -> int32 [B, N+1], ranked as is (u quantised per user, the
@@ -77,8 +77,8 @@ def int8_mips_model(item_vectors: np.ndarray, k: int, sig: Signature, tau: float
     ``block`` > 0: the scan's top-k in the two exact steps of ``grank.mips.block_top_k`` (both
     tables then get zero rows up to a multiple of it, excluded like the padding row). Off by
     default: unlike the fp32 module's, this graph's top-k (int32 scores, a 2k short list) did not
-    get faster with it (`python -m perf.mips_graph_ab --graphs int8 int8_block`, N = 1M, k = 500:
-    the same at batch 1, 2 to 18% slower at batch 16; docs/SERVING.md)."""
+    get faster with it (`python -m docs.experiments.mips_graph_ab --graphs int8 int8_block`,
+    N = 1M, k = 500: the same at batch 1, 2 to 18% slower at batch 16; docs/PERFORMANCE.md)."""
     n = item_vectors.shape[0] - 1
     rescore = min(n, rescore or 2 * k)
     if not 1 <= k <= rescore:

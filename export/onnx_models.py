@@ -7,7 +7,7 @@ whose tensor names, dtypes and shapes come from ``grank.signatures``; axis 0 is 
 2 GiB go to ONNX external data (``model.onnx.data`` beside the model), ONNX's protobuf limit.
 Each of the three graphs holds its own copy (the encoder and the Ranker gather rows of it):
 cheap for ML-1M; a multi-million-item catalogue would want the encoder and Ranker to take
-item vectors as inputs instead (issue #4 measures catalogue scale).
+item vectors as inputs instead (docs/PERFORMANCE.md measures the ensemble at 1M items).
 
 Exported with torch's TorchScript-based exporter (``dynamo=False``): it keeps our tensor names
 exactly and needs no onnxscript; torch 2.13 calls it legacy but supports it.

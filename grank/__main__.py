@@ -85,9 +85,12 @@ def main(argv=None) -> int:
     if a.cmd == "evaluate":
         from .data import load, split
         from .evaluate import evaluate_model
-        from .train import load_checkpoint
+        from .checkpoint import load_checkpoint
+        from .cli import InputError
         try:
             model, cfg, _ = load_checkpoint(a.checkpoint, serving=dict(a.set or ()), served=a.served)
+        except InputError:
+            raise
         except ValueError as e:
             raise SystemExit(f"error: --set: {e}")
         res = evaluate_model(model, split(load(cfg.dataset)), a.stage, cfg.eval, filtered=not a.unfiltered)

@@ -1,4 +1,4 @@
-"""The served blend of a "fused" Ranker, fitted on held-out data after training.
+"""The served blend of the Ranker, fitted on held-out data after training.
 
 Served score of candidate c (``grank.ranker``):
 
@@ -7,7 +7,7 @@ Served score of candidate c (``grank.ranker``):
 r_c is the Ranker's own score, count_j the candidate's training ratings in the last 7 days, the
 last 30 days and all days before the request's day (``grank.popularity``). Training never sets
 the w: L_CA-info trains r alone, and until the fit the served mix is ``model.ranker_fusion`` x r
-with no popularity term (the served score of every checkpoint saved before the blend existed).
+with no popularity term.
 
 Why fit them afterwards, and on held-out data: on training targets the Generator is in-sample
 (HR@10 0.47 on each user's last training item vs 0.30 held out), so anything learnt on training
@@ -43,7 +43,7 @@ from .popularity import LOG_SCALE, WINDOWS
 
 def applies(cfg: Config) -> bool:
     """whether ``cfg`` trains a model whose served blend is fitted after training"""
-    return cfg.train.fit_blend and cfg.model.ranker and cfg.model.ranker_score == "fused"
+    return cfg.train.fit_blend and cfg.model.ranker
 
 
 def weight_names(cfg: Config) -> list[str]:
@@ -73,7 +73,7 @@ def features(model, split: Split, stage: str, ecfg, progress: bool = True, popul
             parts = [gen[..., None], popularity(when, cand) * LOG_SCALE]
         else:
             pop = model.candidate_popularity(when, cand)
-            r = ranker(u, F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0, pop, own=True)
+            r = ranker.own_score(F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0, pop)
             parts = [gen[..., None], r[..., None]] + ([pop * LOG_SCALE] if pop is not None else [])
         hit = cand == targets[:, None]
         keep = hit.any(1)
@@ -120,9 +120,8 @@ def fit_blend(model, split: Split, cfg: Config, progress: bool = True) -> dict:
     """Fit ``model.ranker.blend`` on the validation split (see module doc) and set it. Returns a
     summary: the weights by name, the users the fit saw, the Generator's fitted weight (the
     weights are divided by it), the cross-entropy at the start and at the fit, seconds."""
-    if not (cfg.model.ranker and cfg.model.ranker_score == "fused"):
-        raise ValueError(f"blend fit: needs a fused Ranker (variant {cfg.variant!r}: model.ranker="
-                         f"{cfg.model.ranker}, model.ranker_score={cfg.model.ranker_score!r})")
+    if not cfg.model.ranker:
+        raise ValueError(f"blend fit: needs a Ranker (variant {cfg.variant!r} has model.ranker=false)")
     t0 = time.time()
     x, y, _ = features(model, split, "val", cfg.eval, progress)
     if len(y) == 0:

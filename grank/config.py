@@ -30,34 +30,28 @@ class ModelConfig:
     ranker_history: int = 256  # long history cap for the Ranker (paper: up to 1000)
     high_rating: int = 4       # ratings >= this form the "high rating" sub-sequence of U
     recent_items: int = 3      # the "newest items" sub-sequence of U
-    tau: float = 1.0           # InfoNCE temperature (plain dot-product logits; see README)
+    tau: float = 1.0           # InfoNCE temperature (plain dot-product logits; docs/MODEL.md)
     # Which parts exist. Variants switch these (see VARIANTS below).
     query_token: bool = True   # personalised query token U (False: SASRec-style last hidden state)
     aux_tokens: bool = True    # training-only target-aware auxiliary tokens (L_SA-info)
     ranker: bool = True        # second-stage Ranker (L_CA-info)
-    # How the Ranker's score is formed (docs/EXPERIMENTS.md, "A Ranker that scores on its own"):
-    # "residual": Generator score + an MLP correction that also sees the user vector, L_CA-info on
-    #   the sum; "fused": the Ranker scores each candidate from the long history alone (no user
-    #   vector), L_CA-info on that score alone (the paper's "InfoNCE over the ranker scores"), and
-    #   the served score is Generator score + ranker_fusion x Ranker score (train.fit_blend then
-    #   replaces that mix with one fitted on validation, popularity terms included).
-    # "fused" since the eighth session (docs/EXPERIMENTS.md, "Popularity as of the request");
-    # 0.3: the fusion weight with the best validation HR@10 averaged over two seeds (a fused
-    # Ranker's training never reads it: only the served score and the best-epoch choice do).
-    # With train.fit_blend (the default) it is the served weight only until training ends; then
-    # the weight fitted on validation replaces it (grank.blend).
-    ranker_score: str = "fused"
+    # The Ranker scores each candidate on its own, from the long history, and is served as
+    # Generator score + ranker_fusion x its score until train.fit_blend replaces that mix with
+    # one fitted on validation (grank.blend). Training never reads this weight; the served
+    # score, and so the choice of the best epoch, does. 0.3: the best validation HR@10 of the
+    # weights tried, averaged over two seeds (docs/EXPERIMENTS.md).
     ranker_fusion: float = 0.3
-    # The Ranker's head also sees each candidate's popularity in the days before the request
+    # The Ranker also sees each candidate's popularity in the days before the request
     # (grank.popularity): an input the Generator's single inner product cannot have. Served
-    # requests then carry their time (the ensemble input ``request_time``).
+    # requests then carry their time (the ensemble input ``request_time``). Turn it off for
+    # interaction logs without meaningful timestamps.
     ranker_popularity: bool = True
 
 
 @dataclass
 class TrainConfig:
-    # 24: every row was still improving at 12 (docs/EXPERIMENTS.md), and 24 epochs of the
-    # default GRank run take about 40 minutes on the 2-core CPU box, inside the 60-minute budget
+    # 24: every row was still improving at 12 (docs/EXPERIMENTS.md), and a default GRank run
+    # stays well inside an hour on a 2-core CPU
     epochs: int = 24
     batch_size: int = 128
     lr: float = 2e-3
@@ -66,45 +60,21 @@ class TrainConfig:
     warmup_steps: int = 100
     # (L_NTP, L_SA-info, L_CA-info). Adam normalises each parameter's update, so the auxiliary
     # heads (aux MLP, Ranker) learn at full speed whatever their weight; the weight only sets how
-    # hard they pull on the SHARED item table and Transformer. At 1/1/1 they slowed L_NTP
-    # (epoch-1 NTP 7.58 vs 7.29 alone; README). L_SA-info at 0.1 still pulled half as hard as
-    # L_NTP on the Transformer's gradient; 0.03 (ninth session) kept more of the Generator and won
-    # on validation in two of three seeds (docs/EXPERIMENTS.md, "A lighter pull from the auxiliary
-    # tokens"). L_CA-info's 0.1 reaches only the Ranker (train.ranker_updates_table=false).
+    # hard they pull on the SHARED item table and Transformer. At 1/1/1 they slowed L_NTP. 0.03
+    # for L_SA-info won on validation over three seeds against 0.1, which still pulled half as
+    # hard as L_NTP on the Transformer (docs/EXPERIMENTS.md). L_CA-info's 0.1 reaches only the
+    # Ranker: its loss never updates the shared table (grank.train.losses).
     loss_weights: tuple = (1.0, 0.03, 0.1)
     ntp_positions: int = 16     # window slots supervised by L_NTP per step (newest always)
-    # L_NTP softmax skips items the user already rated before that slot: a MovieLens user rates
-    # a movie once, so they are never the next item, and serving filters them out anyway.
-    ntp_mask_seen: bool = False  # measured: no gain at 3 epochs (fast preset, val HR@10 0.2079 vs 0.2091)
     aux_negatives: int = 31     # in-batch negatives per user for the auxiliary tokens
     ranker_hard: int = 32       # Ranker negatives taken from the Generator's own top list
     ranker_hard_pool: int = 500  # ...sampled from this many of its top candidates (= eval.k1)
     ranker_random: int = 16     # plus uniform random negatives
-    # True: L_CA trains the Ranker and the shared item table but not the Generator's Transformer
-    # (the user vector enters the Ranker detached), so the Ranker cannot trade next-item quality
-    # of the served user vector for its own loss.
-    ranker_detach: bool = False
-    # False: the Ranker reads the shared item table (its candidates and history) but L_CA-info
-    # does not update it, so the Ranker cannot trade the Generator's next-item quality for its
-    # own loss through the table they share (docs/EXPERIMENTS.md, "Popularity as of the request").
-    ranker_updates_table: bool = False
-    # L_CA at this many of the ntp_positions supervised slots per window (the newest and
-    # random others), each with the history visible at that slot. 1: the newest only, whose
-    # target the Generator sees every epoch and memorises, so the Ranker trains on lists far
-    # easier than the served ones; older slots are supervised by L_NTP less often.
-    ranker_slots: int = 1
-    # Stacking-style holdout: each user's last training item (the target of its newest training
-    # window, fixed across epochs) is never an L_NTP target and is the only target L_CA trains
-    # on, with the Ranker's residual Generator score detached. Over many epochs the Generator
-    # memorises its training targets (HR@10 0.47 on them vs 0.30 held out), so a Ranker
-    # trained on those targets sees easier candidate lists than it gets when served.
-    ranker_holdout: bool = False
-    # After training, fit how a fused Ranker's served score mixes the Generator score, the
-    # Ranker's own score and log1p of the popularity counts, on the validation split (grank.blend):
-    # trained in-sample, the Ranker put about 1/7 of the held-out fit's weight on the 30-day count
-    # and 1/2 on the 7-day one (docs/EXPERIMENTS.md, "Where validation and test part ways, and a
-    # served blend fitted on held-out data"). A step after training: it does not change how the
-    # model trains, and `grank results` fits an older finished run without training it again.
+    # After training, fit how the Ranker's served score mixes the Generator score, the Ranker's
+    # own score and log1p of the popularity counts, on the validation split (grank.blend).
+    # Trained in-sample, where the Generator has memorised its targets, the Ranker weighs
+    # recent popularity several times too lightly (docs/EXPERIMENTS.md). A step after training:
+    # it does not change how the model trains.
     fit_blend: bool = True
     eval_every: int = 4         # epochs between validation passes (best epoch is kept)
     max_users: int = 0          # 0: all users; >0 limits users (tests)
@@ -112,7 +82,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    ks: tuple = (10, 50, 200)
+    ks: tuple = (10, 50, 200)   # cut-offs K of HR@K / NDCG@K
     k1: int = 500               # MIPS candidates passed to the Ranker (paper: 2000 of millions)
     k2: int = 200               # items returned by the Ranker (must be >= max(ks))
     batch_size: int = 512
@@ -121,13 +91,11 @@ class EvalConfig:
 @dataclass
 class ServeConfig:
     """The shape the exported model repository serves where it differs from the trained and
-    evaluated one (0 keeps that). Measured (`make perf-tune`, docs/PERFORMANCE.md), with the
-    residual Ranker of the time: re-scoring 200 candidates over the newest 128 history items gave
-    the same test HR@10 as 500 over 256 (0.2985 both) at about 1.4x the ensemble's throughput on
-    the 2-core CPU. With the default Ranker since the eighth session (`python -m grank evaluate
-    --set ...`, seed 0): 200 candidates keep the 500's HR@10 exactly (validation 0.3132, test
-    0.3010), a 128-item history does not (0.3121, 0.2992: U's pooled means and the Ranker both
-    see less), so the repository serves 200 over the trained 256."""
+    evaluated one (0 keeps that). Measured on the default ML-1M model (`python -m grank evaluate
+    --served`, docs/PERFORMANCE.md): 200 candidates score the HR@10 of 500 and 1,000 at about
+    1.3x the ensemble's throughput of 500 on a 2-core CPU; a 128-item history costs about
+    0.001 HR@10 (U's pooled means and the Ranker both see less), so the repository serves 200
+    candidates over the trained 256 items."""
     k1: int = 200       # MIPS candidates the served Ranker re-scores (0: eval.k1)
     history: int = 0    # history items a request carries, newest last (0: model.ranker_history)
 
@@ -147,30 +115,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """The inverse of ``to_dict``, strict both ways: a saved config holds every key, so a
+        missing key is never filled with today's default (which could change how an older
+        model is served) and an unknown one is never ignored."""
         d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-        for key, old in LEGACY_DEFAULTS.items():  # configs saved before a setting existed
-            section, name = key.split(".")
-            if isinstance(d.setdefault(section, {}), dict):
-                d[section].setdefault(name, old)
         sub = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "serve": ServeConfig}
-        kwargs = {}
-        for f in fields(cls):
-            if f.name not in d:
-                continue
-            v = d.pop(f.name)
-            kwargs[f.name] = _build(sub[f.name], v) if f.name in sub else v
-        if d:
-            raise ValueError(f"unknown config keys: {sorted(d)}")
-        return cls(**kwargs)
-
-
-# Settings added after checkpoints were already saved, with the value that reproduces how those
-# checkpoints were trained and are served (a later default must not change an older model).
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "model.ranker_score": "residual", "model.ranker_fusion": 0.5,  # 7th session; "fused" since the 8th
-    "model.ranker_popularity": False, "train.ranker_updates_table": True,  # 8th session
-    "serve.history": 128,  # the serve section's first default (0 = the trained history since the 8th)
-}
+        _check_keys(cls, d)
+        return cls(**{k: _build(sub[k], v) if k in sub else v for k, v in d.items()})
 
 
 def effective_dict(cfg: Config) -> dict:
@@ -187,22 +138,25 @@ def effective_dict(cfg: Config) -> dict:
         t.pop("aux_negatives")
         w[1] = None
     if not m["ranker"]:
-        m.pop("ranker_score"), m.pop("ranker_fusion"), m.pop("ranker_popularity")
-        for k in ("ranker_hard", "ranker_hard_pool", "ranker_random", "ranker_detach", "ranker_updates_table",
-                  "ranker_holdout", "ranker_slots"):
+        m.pop("ranker_fusion"), m.pop("ranker_popularity")
+        for k in ("ranker_hard", "ranker_hard_pool", "ranker_random"):
             t.pop(k)
         w[2] = None
-    elif m["ranker_score"] == "residual":
-        m.pop("ranker_fusion")  # only a fused Ranker mixes its score in with this weight
     t["loss_weights"] = w
     return d
 
 
-def _build(cls, values: dict):
-    names = {f.name: f for f in fields(cls)}
-    unknown = set(values) - set(names)
+def _check_keys(cls, values: dict) -> None:
+    names = {f.name for f in fields(cls)}
+    unknown, missing = sorted(set(values) - names), sorted(names - set(values))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+    if missing:
+        raise ValueError(f"{cls.__name__} keys missing: {missing}")
+
+
+def _build(cls, values: dict):
+    _check_keys(cls, values)
     return cls(**{k: tuple(v) if isinstance(getattr(cls(), k), tuple) else v for k, v in values.items()})
 
 
@@ -286,18 +240,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"eval.ks max ({max(e.ks)}) must be <= eval.k2 ({e.k2})")
     if len(t.loss_weights) != 3:
         raise ValueError("train.loss_weights: expected three weights (NTP, SA-info, CA-info)")
-    if not 1 <= t.ranker_slots <= t.ntp_positions:
-        raise ValueError(f"train.ranker_slots ({t.ranker_slots}) must be in [1, train.ntp_positions "
-                         f"({t.ntp_positions})]")
-    if m.ranker_score not in ("residual", "fused"):
-        raise ValueError(f"model.ranker_score: must be 'residual' or 'fused', got {m.ranker_score!r}")
     if not m.ranker_fusion > 0:
         raise ValueError(f"model.ranker_fusion: must be > 0, got {m.ranker_fusion}")
-    if m.ranker_score == "fused" and t.ranker_detach:
-        raise ValueError("train.ranker_detach: a 'fused' Ranker (model.ranker_score) never sees the user "
-                         "vector, so there is nothing to detach; leave it false")
-    if t.ranker_holdout and t.ranker_slots != 1:
-        raise ValueError("train.ranker_holdout trains L_CA on the newest slot only: set train.ranker_slots=1")
     if m.aux_tokens and not m.query_token:
         raise ValueError("model.aux_tokens needs model.query_token (they share the decomposed attention)")
     for name in ("max_history", "ranker_history", "d_model", "n_layers"):
@@ -318,17 +262,19 @@ SERVING_KEYS = ("eval.k1", "eval.k2", "eval.ks", "model.ranker_history", "serve.
 
 
 def served_config(cfg: Config, overrides: dict[str, Any] | None = None) -> Config:
-    """``cfg`` as the model repository serves it: ``cfg.serve``'s shape, then ``overrides``."""
+    """``cfg`` as the model repository serves it: ``cfg.serve``'s shape, then serving-only
+    ``overrides`` (``SERVING_KEYS``; a ``serve.*`` key changes the served shape itself)."""
     overrides = dict(overrides or {})
     k1 = int(overrides.pop("serve.k1", cfg.serve.k1))  # --set serve.k1=... changes the served shape too
     history = int(overrides.pop("serve.history", cfg.serve.history))
     shape = {**({"eval.k1": k1} if k1 else {}), **({"model.ranker_history": history} if history else {})}
     # the result serves exactly its own eval.k1 / model.ranker_history: nothing left to apply
-    return serving_config(cfg, {**shape, **overrides, "serve.k1": 0, "serve.history": 0})
+    return with_serving(cfg, {**shape, **overrides, "serve.k1": 0, "serve.history": 0})
 
 
-def serving_config(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """``cfg`` (a checkpoint's) with serving-only ``overrides`` (``SERVING_KEYS``) applied."""
+def with_serving(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """``cfg`` (a checkpoint's, at its trained shape) with serving-only ``overrides``
+    (``SERVING_KEYS``) applied; anything that would change the trained weights is an error."""
     bad = sorted(set(overrides) - set(SERVING_KEYS))
     if bad:
         raise ValueError(f"{', '.join(bad)}: not a serving setting of a trained model; "

@@ -19,11 +19,13 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import ModelConfig
 
-NEG_INF = -1e9  # large finite negative: exp() underflows to 0 without NaN from (-inf) - (-inf)
+# The logit of a hidden key or an excluded training candidate: large and finite, so softmax gives
+# it weight 0 without the NaN of (-inf) - (-inf) in a row where everything is hidden.
+# (grank.mips.NEG_INF, -inf, is the score of an item that must never be returned.)
+MASKED = -1e9
 
 
 class Block(nn.Module):
@@ -54,13 +56,13 @@ class Block(nn.Module):
         qh, kh, vh = self._heads(self.ln1(h))
         scale = 1.0 / math.sqrt(self.dh)
         att = (qh @ kh.transpose(-1, -2)) * scale
-        att = att.masked_fill(~hh_mask, NEG_INF).softmax(-1)
+        att = att.masked_fill(~hh_mask, MASKED).softmax(-1)
         h = h + self.drop(self.proj(self._merge(att @ vh)))
         h = h + self.drop(self.ffn(self.ln2(h)))
         if x is None:
             return h, None
         qx, kx, vx = self._heads(self.ln1(x))
-        att_xh = ((qx @ kh.transpose(-1, -2)) * scale).masked_fill(~xh_mask, NEG_INF)
+        att_xh = ((qx @ kh.transpose(-1, -2)) * scale).masked_fill(~xh_mask, MASKED)
         att_self = (qx * kx).sum(-1, keepdim=True) * scale  # a query token always sees itself
         p = torch.cat([att_xh, att_self], dim=-1).softmax(-1)
         out = p[..., :-1] @ vh + p[..., -1:] * vx

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 from .blend import applies as blend_applies
+from .checkpoint import check_version, load_checkpoint
 from .config import Config, effective_dict, make_config
 from .data import load, split as make_split
 from .evaluate import evaluate_model, evaluate_popularity
-from .train import fit_saved_blend, load_checkpoint, machine, train
+from .train import fit_saved_blend, host_description, train
 
 ROWS = ("grank", "generator_only", "generator_ranker_no_aux", "generator_aux", "sasrec", "popularity")
 ANCHORS = [  # Zhai et al. 2024 (HSTU), Table 4, ML-1M, full ranking: published, not ours
@@ -32,7 +33,7 @@ PROTOCOL = ("{dataset}, chronological leave-last-out per user (ties in timestamp
             "top-k2 returned, at the trained shape (eval.k1, model.ranker_history; the repository's "
             "served shape, serve.k1 / serve.history, is measured by `python -m grank evaluate "
             "--served` and in docs/PERFORMANCE.md); checkpoint chosen by validation HR@10 "
-            "(second-to-last item); a fused Ranker's served blend (the weights of its own score and "
+            "(second-to-last item); the Ranker's served blend (the weights of its own score and "
             "of the candidates' log1p popularity counts beside the Generator score) is then fitted "
             "on the same validation items (grank.blend), never on test.")
 
@@ -43,14 +44,16 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
     sp = make_split(data)
     out = artifacts / preset / row
     summary_path = out / "train.json"
-    stale = not summary_path.exists() or effective_dict(
-        Config.from_dict(json.loads(summary_path.read_text())["config"])) != effective_dict(cfg)
-    if retrain or stale:
-        summary = train(cfg, data, out)
-    else:
+    stale = True
+    if summary_path.exists() and not retrain:
         summary = json.loads(summary_path.read_text())
+        check_version(summary.get("format_version"), f"{summary_path} (--retrain trains it again)")
+        stale = effective_dict(Config.from_dict(summary["config"])) != effective_dict(cfg)
+    if stale:
+        summary = train(cfg, data, out, resume=not retrain)
+    else:
         print(f"{row}: reusing {out}/best.pt (trained {summary['train_seconds']} s)", file=sys.stderr)
-        if blend_applies(cfg) and "blend" not in summary:  # finished before the blend existed: fit only
+        if blend_applies(cfg) and "blend" not in summary:  # trained with train.fit_blend=false: fit only
             summary["blend"] = fit_saved_blend(out / "best.pt", data)
             summary_path.write_text(json.dumps(summary, indent=1))
     cached = out / "row.json"  # evaluation of this exact checkpoint, reused by later calls
@@ -117,7 +120,7 @@ def markdown(res: dict) -> str:
     blended = [r for r in res["rows"] if r.get("blend")]
     if blended:
         names = list(dict.fromkeys(n for r in blended for n in r["blend"]))  # every row's, in order
-        lines += ["", "Served blend of each fused Ranker, fitted on validation after training (grank.blend): "
+        lines += ["", "Served blend of each Ranker, fitted on validation after training (grank.blend): "
                   "served score = Generator score + these weights x (the Ranker's own score, log1p of "
                   "the candidate's training ratings in each window before the request's day):", "",
                   "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -172,7 +175,7 @@ def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, r
     data = load(cfg.dataset)
     protocol = PROTOCOL.format(dataset=cfg.dataset, users=len(make_split(data).users), items=data.n_items)
     res = {"protocol": protocol, "preset": preset, "seed": seed, "ks": list(cfg.eval.ks),
-           "k1": cfg.eval.k1, "k2": cfg.eval.k2, "command": command, "machine": machine(),
+           "k1": cfg.eval.k1, "k2": cfg.eval.k2, "command": command, "machine": host_description(),
            "date": dt.date.today().isoformat(), "note": note, "wall_seconds": round(time.time() - t0, 1),
            "rows": out_rows, "published_anchors": ANCHORS if cfg.dataset == "ml-1m" else []}
     Path(docs).mkdir(parents=True, exist_ok=True)

@@ -29,17 +29,12 @@ from tqdm.auto import tqdm
 
 from .batches import epoch_samples, windows
 from .blend import applies as blend_applies, fit_blend
-from .config import Config, effective_dict, served_config, serving_config
+from .checkpoint import FORMAT_VERSION, build_model, load_checkpoint, read, save
+from .config import Config, effective_dict
 from .data import Interactions, Split, fingerprint, split as make_split
 from .evaluate import evaluate_model
-from .generator import NEG_INF
+from .generator import MASKED
 from .model import GRank
-from .popularity import RecentPopularity
-
-
-def build_model(cfg: Config, data: Interactions) -> GRank:
-    pop = RecentPopularity.from_data(data) if cfg.model.ranker and cfg.model.ranker_popularity else None
-    return GRank(cfg.model, data.n_items, data.user_feat_sizes, data.item_genres, data.item_year, pop)
 
 
 def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Config) -> dict:
@@ -51,38 +46,10 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
     L = m.max_history
     nxt = np.concatenate([ids[:, -L + 1:], target[:, None]], axis=1) if L > 1 else target[:, None]
     ntp = np.where(ids[:, -L:] != 0, nxt, 0)  # a slot predicts the next item only if it is real
-    # the window ending at the user's last training item (the Split keeps the last two items
-    # of every sequence for validation and test)
-    is_last = ends == data.offsets[users + 1] - data.offsets[users] - 3
     t = torch.as_tensor
     return dict(hist_ids=t(ids), hist_ratings=t(rat), target=t(target.astype(np.int64)),
                 ntp_targets=t(ntp.astype(np.int64)), user_feats=t(data.user_feats[users]),
-                is_last=t(is_last), hist_times=t(times))
-
-
-def seen_before(hist_ids: torch.Tensor, slots: torch.Tensor, n_ids: int) -> torch.Tensor:
-    """hist_ids: [B, R] long history; slots: [S] long-history slot indices. Returns [B, S, n_ids-1]
-    bool: True where real item j+1 occurs in hist_ids[b, :slots[s]+1] (seen by then)."""
-    B, R = hist_ids.shape
-    first = torch.full((B, n_ids), R, dtype=torch.long)
-    first.scatter_reduce_(1, hist_ids, torch.arange(R).expand(B, R), reduce="amin")
-    return first[:, None, 1:] <= slots[None, :, None]
-
-
-def slot_views(slots: torch.Tensor, *xs: torch.Tensor) -> tuple:
-    """The long history as it looked at each of ``slots`` [K] (long-history slot indices):
-    each x [B, R, ...] -> [B, K, R, ...] holding x[:, :slot+1] right aligned (newest last) and
-    zeros (padding) before, so nothing after a slot is visible in its view."""
-    R = xs[0].shape[1]
-    idx = torch.arange(R)[None, :] - (R - 1 - slots)[:, None]  # [K, R] source slot per view slot
-    valid = idx >= 0
-    idx = idx.clamp(min=0)
-    out = []
-    for x in xs:
-        v = x[:, idx]
-        mask = valid.reshape(valid.shape + (1,) * (x.dim() - 2))
-        out.append(v * mask if v.is_floating_point() else v.masked_fill(~mask, 0))
-    return tuple(out)
+                hist_times=t(times))
 
 
 def losses(model: GRank, batch: dict, cfg: Config) -> dict:
@@ -97,19 +64,17 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     h = g.history_tokens(emb[:, -L:], hist_rat[:, -L:])
     # Next-item supervision at S slots per window: the newest slot (the served user vector) and
     # S-1 random others. Full softmax over the catalogue dominates the step cost on a CPU, so
-    # this trades a few targets per window for ~4x cheaper steps (see README, training recipe).
+    # this trades a few targets per window for ~4x fewer logits (docs/MODEL.md, "U tokens per prefix").
     S = min(tc.ntp_positions, L)
     pos = torch.cat([torch.randperm(L - 1)[:S - 1].sort().values, torch.tensor([L - 1])])
-    holdout = model.ranker is not None and tc.ranker_holdout
     xs, vis = [], []
     if m.query_token:
         xs.append(g.query_tokens(batch["user_feats"], pools[:, -L:][:, pos]))
         vis.append(torch.ones(L, L, dtype=torch.bool).tril()[pos][None])  # U_j sees slots 0..j
     if m.aux_tokens:
-        # in-batch negatives: other windows' targets (never held-out ones, see ranker_holdout)
-        src = target[~batch["is_last"]] if holdout else target
-        C = max(0, min(tc.aux_negatives, len(src) - 1)) + 1
-        neg = src[torch.randperm(len(src))[:C - 1]]
+        # in-batch negatives: other windows' targets
+        C = max(0, min(tc.aux_negatives, B - 1)) + 1
+        neg = target[torch.randperm(B)[:C - 1]]
         cand = torch.cat([target[:, None], neg[None, :].expand(B, -1)], 1)  # [B, C]
         cand_emb = F.embedding(cand, table)
         xs.append(g.aux_tokens(cand_emb))
@@ -123,64 +88,38 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     # and 1/tau folded into the [B, S, d] states instead of the [B, S, N] logits.
     logits = (states / tau) @ table[1:].T  # [B, S, N]
     ntp_t = batch["ntp_targets"][:, pos] - 1  # [B, S] column of the next item, -1 = no loss
-    if holdout:  # the newest slot of a last window predicts the held-out item: L_CA's alone
-        ntp_t[:, -1] = ntp_t[:, -1].masked_fill(batch["is_last"], -1)
-    if tc.ntp_mask_seen:
-        seen = seen_before(hist_ids, pos + hist_ids.shape[1] - L, table.shape[0])
-        seen.scatter_(2, ntp_t.clamp(min=0)[..., None], False)  # a re-consumed target stays a target
-        logits.masked_fill_(seen, NEG_INF)  # in place: mm does not need its output for backward
     out["ntp"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ntp_t.reshape(-1), ignore_index=-1)
     total = tc.loss_weights[0] * out["ntp"]
     if m.aux_tokens:
         a = x_out[:, S:]
         s = (a * cand_emb).sum(-1) / tau
-        s[:, 1:] = s[:, 1:].masked_fill(cand[:, 1:] == target[:, None], NEG_INF)
-        sa = F.cross_entropy(s, torch.zeros(B, dtype=torch.long), reduction="none")
-        if holdout:  # the auxiliary tokens would teach the shared table the held-out targets too
-            keep = (~batch["is_last"]).float()
-            out["sa"] = (sa * keep).sum() / keep.sum().clamp(min=1.0)
-        else:
-            out["sa"] = sa.mean()
+        s[:, 1:] = s[:, 1:].masked_fill(cand[:, 1:] == target[:, None], MASKED)
+        out["sa"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long), reduction="none").mean()
         total = total + tc.loss_weights[1] * out["sa"]
     if model.ranker is not None:
-        R = hist_ids.shape[1]
-        # L_CA at K of the S supervised slots: the newest (the served user vector) and K-1
-        # random others. Each slot's Ranker sees the history as it would be served at that
-        # moment: the items up to that slot, right aligned, newer ones cut off (no leakage).
-        K = 1 if holdout else min(tc.ranker_slots, S)
-        ks = torch.tensor([S - 1])
-        if K > 1:  # (no draw at K = 1: the default run's random stream stays as it was)
-            ks = torch.cat([torch.randperm(S - 1)[:K - 1], ks])
-        v_ids, v_rat, v_emb = slot_views(pos[ks] + R - L, hist_ids, hist_rat, emb)
-        tgt = batch["ntp_targets"][:, pos[ks]]                 # [B, K], 0 = padding slot
-        keep = tgt > 0
-        if holdout:  # L_CA on the held-out targets only
-            keep = keep & batch["is_last"][:, None]
-        gl = logits[:, ks]
-        v_time = batch["hist_times"][:, pos[ks] + R - L]  # [B, K] the request time at each slot
-        u, gl, v_ids, v_rat, v_emb, tgt, v_time = (
-            x[keep] for x in (states[:, ks], gl, v_ids, v_rat, v_emb, tgt, v_time))
+        # L_CA-info at the newest slot, whose U output is the served user vector: the Ranker
+        # sees the whole long history, as when served at the time of the newest item. It reads
+        # the shared item table but never updates it (every table input is detached), so the
+        # Ranker cannot trade the Generator's next-item quality for its own loss.
+        keep = batch["ntp_targets"][:, -1] > 0  # [B]; 0 = a padding slot, no target
+        tgt = batch["ntp_targets"][keep, -1]   # [n]
+        v_ids, v_rat = hist_ids[keep], hist_rat[keep]                     # [n, R]
+        v_emb, v_time = emb[keep].detach(), batch["hist_times"][keep, -1]  # [n, R, d], [n]
         n = len(tgt)
     if model.ranker is not None and n:
         with torch.no_grad():
-            gl = F.pad(gl.detach(), (1, 0), value=NEG_INF)  # [n, N+1] by dense id
-            gl.scatter_(1, v_ids, NEG_INF)             # seen items are filtered when served
-            gl.scatter_(1, tgt[:, None], NEG_INF)
+            # hard negatives: the Generator's own current top list, as it would be served
+            gl = F.pad(logits[keep, -1].detach(), (1, 0), value=MASKED)  # [n, N+1] by dense id
+            gl.scatter_(1, v_ids, MASKED)             # seen items are filtered when served
+            gl.scatter_(1, tgt[:, None], MASKED)
             pool = gl.topk(min(tc.ranker_hard_pool, gl.shape[1] - 2), dim=1).indices
             pick = torch.rand(pool.shape).argsort(1)[:, :tc.ranker_hard]
             hard = pool.gather(1, pick)
             rand = torch.randint(1, table.shape[0], (n, tc.ranker_random))
             cand_r = torch.cat([tgt[:, None], hard, rand], 1)
-        u = u.detach() if tc.ranker_detach else u
-        if not tc.ranker_updates_table:  # the Ranker reads the shared table, L_CA does not write it
-            v_emb, cand_table = v_emb.detach(), table.detach()
-        else:
-            cand_table = table
-        # a "fused" Ranker learns its own score (the Generator score is mixed in only when served)
-        s = model.ranker(u, F.embedding(cand_r, cand_table), v_emb, v_rat, v_ids == 0,
-                         model.candidate_popularity(v_time, cand_r), detach_residual=holdout,
-                         own=model.ranker.fused)
-        s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == tgt[:, None], NEG_INF)
+        s = model.ranker.own_score(F.embedding(cand_r, table.detach()), v_emb, v_rat, v_ids == 0,
+                                   model.candidate_popularity(v_time, cand_r))
+        s[:, 1:] = s[:, 1:].masked_fill(cand_r[:, 1:] == tgt[:, None], MASKED)
         out["ca"] = F.cross_entropy(s, torch.zeros(n, dtype=torch.long))
         total = total + tc.loss_weights[2] * out["ca"]
     out["total"] = total
@@ -206,41 +145,10 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def machine(device: str = "cpu") -> str:
+def host_description(device: str = "cpu") -> str:
+    """'x86_64, 2 cores, torch 2.13.0' (+ the GPU's name on a CUDA device): where a run ran."""
     gpu = f", {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
-
-
-def save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never corrupts the last good checkpoint
-
-
-def load_checkpoint(path: str | Path, data: Interactions | None = None, serving: dict | None = None,
-                    served: bool = False):
-    """Rebuild (model, config, checkpoint dict) from a checkpoint file alone, at the trained
-    shape, or with ``served`` at the shape the repository serves (``cfg.serve``). ``serving``:
-    serving-only overrides on top (``config.SERVING_KEYS``, e.g. ``{"eval.k1": 1000}``), applied to
-    the returned config and to the model (a shorter history uses the newest slots' weights)."""
-    from .data import load
-    if not Path(path).is_file():  # every tool that reads a model starts here: say how to get one
-        raise FileNotFoundError(f"checkpoint {path}: no such file; train one first (`make train "
-                                f"PRESET=default` writes artifacts/default/grank/best.pt, `make demo` "
-                                f"artifacts/fast/grank/best.pt) or pass the path of an existing best.pt")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = Config.from_dict(ck["config"])
-    data = data if data is not None else load(cfg.dataset)
-    if ck["data_fingerprint"] != fingerprint(data):
-        raise ValueError(f"{path}: trained on different {cfg.dataset} data "
-                         f"({ck['data_fingerprint']} vs {fingerprint(data)})")
-    model = build_model(cfg, data)
-    model.load_state_dict(ck["model"])
-    model.eval()
-    if served or serving:
-        cfg = served_config(cfg, serving) if served else serving_config(cfg, serving)
-        model.cfg = cfg.model
-    return model, cfg, ck
 
 
 def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = True,
@@ -274,7 +182,7 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
     last = out / "last.pt"
     trained_config = cfg.to_dict()
     if resume and last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
+        ck = read(last)
         if effective_dict(Config.from_dict(ck["config"])) != effective_dict(cfg):
             raise ValueError(f"{last} was trained with another config; use a new --out or --no-resume")
         model.load_state_dict(ck["model"])
@@ -325,7 +233,7 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
         checkpoint(last)
         print(json.dumps(rec))
     blend = fit_saved_blend(out / "best.pt", data, progress) if blend_applies(cfg) else None
-    summary = dict(variant=cfg.variant, config=trained_config, machine=machine(device),
+    summary = dict(format_version=FORMAT_VERSION, variant=cfg.variant, config=trained_config, machine=host_description(device),
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
                    best=state["best"], history=state["history"],
@@ -343,7 +251,7 @@ def fit_saved_blend(best: str | Path, data: Interactions, progress: bool = True)
     the fit's summary, with validation HR@10 / NDCG@10 before (the kept epoch's) and after (in-sample
     for the few blend weights; test never enters)."""
     best = Path(best)
-    ck = torch.load(best, map_location="cpu", weights_only=True)
+    ck = read(best)
     if "blend" not in ck:
         model, cfg, _ = load_checkpoint(best, data)
         sp = make_split(data, cfg.train.max_users)
@@ -381,4 +289,4 @@ def measure_speed(cfg: Config, data: Interactions, steps: int = 30, warmup: int 
             "sequences_per_s": round(bs / step_s, 1), "steps_per_epoch": steps_per_epoch,
             "projected_epoch_minutes": round(step_s * steps_per_epoch / 60, 2),
             "projected_run_minutes": round(step_s * steps_per_epoch * cfg.train.epochs / 60, 1),
-            "machine": machine()}
+            "machine": host_description()}

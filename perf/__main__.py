@@ -1,6 +1,14 @@
-"""python -m perf sweep: perf_analyzer against a running server (``make serve``).
+"""python -m perf: capacity planning of the served ensemble.
 
   python -m perf sweep --url localhost:8001 --protocol grpc --concurrency 1:8:1 --out artifacts/perf
+  python -m perf tune --checkpoint artifacts/default/grank/best.pt --variants default threads1
+  python -m perf plan --qps 2000 --p99-ms 50 --items 1000000
+  python -m perf report --docs docs
+
+`sweep` runs perf_analyzer against a running server (`make serve`); `tune` serves variants of
+the repository and sweeps each; `plan` turns measured rows into machine counts; `report`
+renders docs/PERFORMANCE.md from docs/performance.json (no measuring). The MIPS benchmark's
+rows come from `python -m mipsbench`.
 """
 from __future__ import annotations
 
@@ -14,8 +22,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("sweep", help="concurrency (or request-rate) sweep with perf_analyzer")
-    p.add_argument("--url", default="localhost:8001")
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--url", default="localhost:8001", help="the server's gRPC or HTTP endpoint (host:port)")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="protocol of --url")
     p.add_argument("--concurrency", default="1:4:1", help="start:end:step")
     p.add_argument("--request-rate", default=None, help="start:end:step (Poisson arrivals; open loop)")
     p.add_argument("--batch", type=int, default=1, help="rows per request")
@@ -23,21 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--stability", type=int, default=25,
                    help="allowed %% variation between measurement windows (perf_analyzer -s)")
     p.add_argument("--dataset", default="ml-1m", help="where the real users come from")
-    p.add_argument("--out", default="artifacts/perf")
-    p = sub.add_parser("bench", help="MIPS stage vs exact and index-based peers and the machine's floor")
-    p.add_argument("--checkpoint", default="artifacts/default/grank/best.pt",
-                   help="trained model: its item geometry and user vectors")
-    p.add_argument("--quick", action="store_true", help="small smoke run (N up to 50k, k 500, batch 1/16)")
-    p.add_argument("--seconds", type=float, default=1.0, help="timing window per point")
-    p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
-    p.add_argument("--partial", default="artifacts/bench-partial.json",
-                   help="rows so far, rewritten after every method (kept if the run dies)")
-    p.add_argument("--sizes", type=int, nargs="*", help="catalogue sizes instead of the plan's (0 = the real one)")
-    p.add_argument("--ks", type=int, nargs="*", help="k values instead of the plan's")
-    p.add_argument("--methods", nargs="*", help="only these methods (default: all)")
-    p.add_argument("--import-partial", metavar="FILE",
-                   help="write the rows of a stopped run's partial file to --docs instead of measuring")
-    p.add_argument("--note", default="", help="a line about this run for the report")
+    p.add_argument("--out", default="artifacts/perf", help="folder for perf.csv, the log, command.txt, perf.png")
     p = sub.add_parser("plan", help="capacity planner: machines / GPUs / servers for a target QPS and p99")
     p.add_argument("--qps", type=float, required=True, help="target queries (users) per second")
     p.add_argument("--p99-ms", type=float, required=True, help="p99 latency budget in ms")
@@ -54,7 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--repository", default="model_repository", help="a built repository (make repository)")
     p.add_argument("--variants", nargs="*", default=["default"],
                    help="serving variants (perf.tune.VARIANTS: %(default)s ...)")
-    p.add_argument("--protocols", nargs="*", default=["grpc"], choices=["grpc", "http"])
+    p.add_argument("--protocols", nargs="*", default=["grpc"], choices=["grpc", "http"],
+                   help="protocols to sweep each variant over")
     p.add_argument("--concurrency", default="1:9:2", help="start:end:step")
     p.add_argument("--request-rate", default=None,
                    help="start:end:step: an open-loop Poisson sweep instead of the concurrency one")
@@ -63,13 +58,18 @@ def main(argv=None) -> int:
     p.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window")
     p.add_argument("--out", default="artifacts/tune", help="one directory per run")
     p.add_argument("--docs", default="docs", help="where performance.json / PERFORMANCE.md go")
+    p = sub.add_parser("report", help="regenerate DOCS/PERFORMANCE.md from DOCS/performance.json (measures nothing)",
+                       description="Rewrite what follows the generated-part marker line of DOCS/PERFORMANCE.md "
+                                   "(and the plots beside it) from the rows in DOCS/performance.json; the "
+                                   "hand-written text above the marker is kept.")
+    p.add_argument("--docs", default="docs", help="folder holding performance.json; PERFORMANCE.md and plots go there")
     a = ap.parse_args(argv)
     if a.cmd == "tune":
         return _tune(a)
     if a.cmd == "plan":
         return _plan(a)
-    if a.cmd == "bench":
-        return _bench(a, argv)
+    if a.cmd == "report":
+        return _report(a)
 
     from client.grank_client import GRankClient
     from grank.data import load
@@ -98,15 +98,13 @@ def main(argv=None) -> int:
 
 
 def _tune(a) -> int:
-    import json
     import time
 
-    import torch
-
-    from grank.config import Config, served_config
+    from grank.checkpoint import served_config_of
     from grank.data import load
+    from mipsbench.floor import gemm_gflops, measured_rates, read_bandwidth_gbs
 
-    from .mips_report import markdown
+    from .report import regenerate
     from .tune import (SHAPES, VARIANTS, big_catalogue_models, merge, ranker_kind, run_variant, shape_quality,
                        shape_repository, variant_repository)
     unknown = [v for v in a.variants if v not in VARIANTS and v not in SHAPES]
@@ -123,17 +121,14 @@ def _tune(a) -> int:
         print(f"error: --repository: {repo} has no built models (run `make repository`)", file=sys.stderr)
         return 2
     # the shape the built repository serves (grank.config.ServeConfig)
-    ck = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
-    cfg, blended = served_config(Config.from_dict(ck["config"])), "blend" in ck
-    del ck
+    cfg, blended = served_config_of(a.checkpoint)
     data = load(cfg.dataset)
     out = Path(a.out)
     models, n_items = None, data.n_items
     if a.items:
         print(f"building the {a.items:,}-item MIPS and Ranker graphs ...")
         models, n_items = big_catalogue_models(a.checkpoint, a.items, out / f"items{a.items}"), a.items
-    from .floor import gemm_gflops, machine, read_bandwidth_gbs
-    rates = machine(read_bandwidth_gbs(), gemm_gflops())  # measured once, before any server starts
+    rates = measured_rates(read_bandwidth_gbs(), gemm_gflops())  # measured once, before any server starts
     rows = []
     for v in a.variants:
         name = v + (f"@{n_items}" if a.items else "") + ("+rate" if a.request_rate else "")
@@ -144,7 +139,7 @@ def _tune(a) -> int:
             r, vcfg = variant_repository(repo, out / name / "repository", cfg, VARIANTS[v], models), cfg
             quality = {}
             if v == "default" and not a.items and not a.request_rate:  # the shapes' baseline (~1 min)
-                from grank.train import load_checkpoint
+                from grank.checkpoint import load_checkpoint
                 quality = shape_quality(load_checkpoint(a.checkpoint, data, served=True)[0], cfg, data)
         # which model was served and when: rows of older models stay in performance.json beside
         # new ones (merge replaces a variant only when it is measured again)
@@ -161,11 +156,11 @@ def _tune(a) -> int:
     docs = Path(a.docs)
     docs.mkdir(parents=True, exist_ok=True)
     p = merge(rows, docs)
-    (docs / "PERFORMANCE.md").write_text(markdown(json.loads(p.read_text()), docs))
+    md = regenerate(docs)
     print(f"{'variant':28s} {'proto':5s} {'load':>6} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for r in rows:
         print(f"{r['method']:28s} {r['protocol']:5s} {r['load']:6g} {r['qps']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
-    print(f"runs in {out}/, rows merged into {p}, report {docs / 'PERFORMANCE.md'}")
+    print(f"runs in {out}/, rows merged into {p}, report {md}")
     return 0
 
 
@@ -189,30 +184,17 @@ def _plan(a) -> int:
     return 0
 
 
-def _bench(a, argv) -> int:
-    import json
-    import shlex
-
-    from .mips_bench import from_partial, run, write
-    from .mips_report import markdown
-    docs = Path(a.docs)
-    cmd = "python -m perf " + shlex.join(argv if argv is not None else sys.argv[1:])
+def _report(a) -> int:
+    from .report import regenerate
     try:
-        if a.import_partial:
-            res = from_partial(a.checkpoint, Path(a.import_partial))
-            cmd = res["command"]  # the run that measured the rows, not this import
-        else:
-            res = run(a.checkpoint, quick=a.quick, seconds=a.seconds, partial=Path(a.partial),
-                      sizes=a.sizes, ks=a.ks, methods=a.methods, command=cmd)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        md = regenerate(Path(a.docs))
+    except FileNotFoundError as e:
+        print(f"error: --docs: {e}", file=sys.stderr)
         return 2
-    p = write(res, docs, cmd, a.note)
-    (docs / "PERFORMANCE.md").write_text(markdown(json.loads(p.read_text()), docs))
-    took = "imported" if a.import_partial else f"{res['seconds']:.0f} s"
-    print(f"wrote {p} and {docs / 'PERFORMANCE.md'} ({took})")
+    print(f"wrote {md} from {Path(a.docs) / 'performance.json'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from grank.cli import run
+    run(main)

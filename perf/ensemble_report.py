@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUDGET_MS = 50.0  # the p99 budget the issue names for this CPU
+# The p99 latency target of capacity planning (`make plan P99_MS=50`, the README's planner
+# example): what a row must meet to count as usable throughput.
+BUDGET_MS = 50.0
 
 
 def within_budget(r: dict, budget: float = BUDGET_MS) -> bool:
@@ -61,7 +63,7 @@ def _plot(groups: dict, docs: Path) -> str:
 
 def _run(row: dict) -> str:
     """'2026-11-24, 219 GFLOP/s': the day a row was measured and its machine's GEMM rate
-    (perf.floor.machine; rows measured before they recorded it: the day alone)."""
+    (mipsbench.floor.measured_rates; rows measured before they recorded it: the day alone)."""
     m = row.get("machine")
     return f"{row.get('date', '-')}" + (f", {m['gemm_gflops']:.0f} GFLOP/s" if m else "")
 
@@ -90,7 +92,7 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
              "`default` is what the committed configs said when the row was measured (its R x k1: the "
              "history served and the MIPS candidates re-scored; the last column: the Ranker it served, "
              "`perf.tune.ranker_kind`, the day it was measured and, where recorded, the machine's fp32 GEMM "
-             "rate, `perf.floor.machine`). One user per request, real users' histories "
+             "rate, `mipsbench.floor.measured_rates`). One user per request, real users' histories "
              f"as input, one run per row, closed loop. p99 budget {BUDGET_MS:g} ms. Regenerate: `make perf-tune` "
              "(commands per run below). Identical settings measured twice (`threads1`, `inst2_threads1` and "
              "`default` on 2026-11-23) differed by about 10% at the same concurrency, `default` and `k1_200` (the "

@@ -2,7 +2,7 @@
 
     python -m perf plan --qps 2000 --p99-ms 50 --items 1000000 [--k 500] [--recall 0.99]
 
-Reads ``docs/performance.json`` (MIPS rows from ``python -m perf bench`` and ``perf.gpu_mips``,
+Reads ``docs/performance.json`` (MIPS rows from ``python -m mipsbench cpu`` and ``gpu``,
 ensemble rows from ``python -m perf tune``) and any perf_analyzer CSVs given with ``--csv``.
 Only measured points are used; nothing is modelled beyond the rules below, and every rule is
 printed with the answer:
@@ -161,12 +161,12 @@ def format_plan(p: dict, perf: dict) -> str:
     m = perf.get("machine", {})
     lines = [f"Target: {i['qps']:,.0f} queries/s, p99 <= {i['p99_ms']:g} ms, {i['items']:,} items, k1 = {i['k']}, "
              f"index recall >= {i['recall']}", ""]
-    for stage, title in (("mips", "MIPS stage alone (perf bench / gpu_mips rows)"),
+    for stage, title in (("mips", "MIPS stage alone (mipsbench cpu / gpu rows)"),
                          ("ensemble", "Whole ensemble (perf_analyzer rows)")):
         lines.append(title)
         if not p[stage]:
             lines.append("  nothing measured fits: no row meets the budget at this catalogue size "
-                         "(run `python -m perf bench` / `python -m perf tune`, or relax the target)")
+                         "(run `python -m mipsbench cpu` / `python -m perf tune`, or relax the target)")
         for o in p[stage]:
             rec = "" if o.recall is None else f", recall {o.recall:.3f}"
             lines.append(f"  {o.units:>5} x {o.unit}: {o.method}, {o.setting}, {o.unit_qps:,.0f}/s per unit "

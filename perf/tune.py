@@ -5,7 +5,7 @@ copy of the built repository with regenerated config.pbtxt files is served by th
 on free ports and swept with perf_analyzer on real users' inputs (``perf.sweep``). Each run keeps
 its directory (command.txt, perf.csv, perf_analyzer.log, perf.png); the rows (stage
 ``ensemble``, with the exact command and the per-composing-model breakdown parsed from the log)
-are merged into docs/performance.json, which ``perf.mips_report`` turns into PERFORMANCE.md.
+are merged into docs/performance.json, which ``perf.report`` turns into PERFORMANCE.md.
 
     python -m perf tune --checkpoint artifacts/default/grank/best.pt --variants default all_threads ...
 """
@@ -49,8 +49,8 @@ VARIANTS = {
 # model is re-exported at that shape (``export_checkpoint(serving=...)``) and each row records the
 # test-split quality of its shape beside its speed.
 # Names say what changes from the trained shape (k1 500 over R 256). The repository serves k1_200
-# (grank.config.ServeConfig): k1_200_history128 until the eighth session, whose Ranker loses
-# quality on a 128-item history.
+# (grank.config.ServeConfig): 200 candidates keep the HR@10 of 500 at about 1.3x the throughput,
+# while a 128-item history costs the Ranker quality (k1_200_history128 was served until 2026-11-24).
 SHAPES = {
     "trained_shape": {"eval.k1": 500, "model.ranker_history": 256},
     "k1_200": {"eval.k1": 200, "model.ranker_history": 256},
@@ -126,7 +126,7 @@ def variant_repository(src: Path, dst: Path, cfg, serving: Serving, models: dict
 
 def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0) -> dict:
     """The trained model with its catalogue padded to ``n_items`` by items drawn from a mixture
-    fitted to its own item vectors (``perf.geometry``): the real items keep their ids (so real
+    fitted to its own item vectors (``mipsbench.geometry``): the real items keep their ids (so real
     histories stay valid; the user encoder is unchanged) and the MIPS and Ranker graphs get the
     large table. Checked against PyTorch with the export's own parity check. Returns
     {model name: onnx path}."""
@@ -136,9 +136,9 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     from export.parity import check_onnx, pipeline_arrays, real_inputs
     from grank.data import load
     from grank.signatures import USER_ENCODER, signatures
-    from grank.train import load_checkpoint
+    from grank.checkpoint import load_checkpoint
 
-    from .geometry import fit_mixture, sample
+    from mipsbench.geometry import fit_mixture, sample
     model, cfg, _ = load_checkpoint(checkpoint, served=True)  # the shape of the repository's encoder
     real = model.item_vectors().detach()
     if n_items <= len(real) - 1:
@@ -199,13 +199,14 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
 
 
 def ranker_kind(cfg, blended: bool = False) -> str:
-    """The served Ranker in a word or two, as the perf rows record it: 'residual', 'fused',
-    'fused+popularity' (model.ranker_score, model.ranker_popularity), '+blend' when the
-    checkpoint's served blend was fitted (grank.blend), or 'none'."""
+    """The served Ranker in a word or two, as the perf rows record it: 'fused' (its own score
+    mixed into the Generator's), '+popularity' with model.ranker_popularity, '+blend' when the
+    checkpoint's served blend was fitted (grank.blend), or 'none'. Rows measured before
+    2026-11-24 may say 'residual': the Ranker form of that time (a correction on the
+    Generator's score that also saw the user vector)."""
     if not cfg.model.ranker:
         return "none"
-    return (cfg.model.ranker_score + ("+popularity" if cfg.model.ranker_popularity else "")
-            + ("+blend" if blended and cfg.model.ranker_score == "fused" else ""))
+    return "fused" + ("+popularity" if cfg.model.ranker_popularity else "") + ("+blend" if blended else "")
 
 
 def merge(rows: list[dict], docs: Path) -> Path:

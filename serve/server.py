@@ -170,7 +170,7 @@ class TritonServer:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the stubs go too
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own process group: the stubs go too
             self.proc.wait(5)
 
     def __enter__(self):

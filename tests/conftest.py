@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real data (MovieLens-100K) and a tiny trained model.
 
-The data cache goes to a per-session temporary folder so tests never touch artifacts/.
+The data cache goes to a temporary folder shared by the whole test run, so tests never touch
+artifacts/.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory, ml100k, tiny_cfg):
     """(model, cfg, out_dir) after a tiny-preset run (a few seconds)."""
-    from grank.train import load_checkpoint, train
+    from grank.checkpoint import load_checkpoint
+    from grank.train import train
     out = tmp_path_factory.mktemp("tiny")
     summary = train(tiny_cfg, ml100k, out, progress=False)
     model, cfg, _ = load_checkpoint(out / "best.pt", ml100k)
@@ -56,7 +58,7 @@ def tiny_repository(tmp_path_factory, tiny_export):
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory, tiny_repository):
     """A real Triton server (the nvidia-pytriton wheel's binary) on free ports, serving the
-    tiny repository; stopped by pid at the end of the session. Start-up failures show the
+    tiny repository; stopped by pid at the end of the test run. Start-up failures show the
     server log's errors."""
     from serve.server import TritonServer
     server = TritonServer(tiny_repository, work_dir=tmp_path_factory.mktemp("triton"))

@@ -1,4 +1,4 @@
-"""The served blend of a fused Ranker, fitted on validation after training (grank.blend)."""
+"""The Ranker's served blend, fitted on validation after training (grank.blend)."""
 import json
 
 import pytest
@@ -11,7 +11,8 @@ from grank.config import effective_dict, make_config
 from grank.data import split
 from grank.mips import mips_top_k, seen_mask
 from grank.popularity import LOG_SCALE
-from grank.train import build_model, fit_saved_blend, load_checkpoint, train
+from grank.checkpoint import build_model, load_checkpoint
+from grank.train import fit_saved_blend, train
 
 
 def test_the_fit_recovers_the_weights_that_generated_the_choices():
@@ -62,7 +63,7 @@ def test_training_fits_the_blend_into_the_kept_checkpoint(ml100k, tiny_cfg, tiny
     assert json.loads((out / "train.json").read_text())["blend"] == b
     w = model.ranker.blend
     assert w.tolist() == pytest.approx(list(b["weights"].values()), abs=1e-4)
-    assert not torch.equal(w, model.ranker.default_blend())  # the fit moved them
+    assert w.tolist() != pytest.approx([cfg.model.ranker_fusion, 0, 0, 0])  # the fit moved them
     # the served score is that blend of its parts, on real candidates
     sp = split(ml100k, cfg.train.max_users)
     x, y, kept = features(model, sp, "val", cfg.eval, progress=False)
@@ -110,8 +111,8 @@ def test_the_fit_changes_only_the_blend_of_the_checkpoint_it_reads(ml100k, tiny_
 
 
 def test_a_finished_run_resumed_keeps_its_fit(ml100k, tiny_cfg, tiny_trained):
-    """Resuming a finished run (what `grank results` does for a run trained before the blend
-    existed) does not train again and does not refit a fitted checkpoint."""
+    """Resuming a finished run (what `grank results` does when a row is already trained) does
+    not train again and does not refit a fitted checkpoint."""
     _, _, out, summary = tiny_trained
     before = (out / "best.pt").read_bytes()
     again = train(tiny_cfg, ml100k, out, progress=False)
@@ -119,47 +120,47 @@ def test_a_finished_run_resumed_keeps_its_fit(ml100k, tiny_cfg, tiny_trained):
     assert (out / "best.pt").read_bytes() == before
 
 
-def test_checkpoints_saved_before_the_blend_serve_as_they_did(ml100k, tiny_cfg):
-    """A fused Ranker's state without ``blend`` loads with (ranker_fusion, 0, 0, 0): served
-    score = Generator score + ranker_fusion x r, exactly the served score of those checkpoints."""
+def test_until_the_fit_the_ranker_is_served_at_ranker_fusion(ml100k, tiny_cfg):
+    """A new Ranker's blend is (ranker_fusion, 0, 0, 0): served score = Generator score +
+    ranker_fusion x r; popularity weights enter the served score linearly, per log1p(count)."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg, ml100k)
-    state = {k: v for k, v in model.state_dict().items() if k != "ranker.blend"}
-    fresh = build_model(tiny_cfg, ml100k)
-    fresh.ranker.blend.fill_(9.0)
-    fresh.load_state_dict(state)
-    assert fresh.ranker.blend.tolist() == pytest.approx([tiny_cfg.model.ranker_fusion, 0, 0, 0])
-    # and with popularity weights the counts enter the served score linearly, per log1p(count)
-    for p in fresh.ranker.head[-1].parameters():
+    assert model.ranker.blend.tolist() == pytest.approx([tiny_cfg.model.ranker_fusion, 0, 0, 0])
+    for p in model.ranker.head[-1].parameters():
         torch.nn.init.normal_(p, std=0.5)
-    fresh.eval()
+    model.eval()
     B, C, R, d = 2, 5, tiny_cfg.model.ranker_history, tiny_cfg.model.d_model
     u, cand, hist = torch.randn(B, d), torch.randn(B, C, d), torch.randn(B, R, d)
     rat, pad, pop = torch.randint(0, 6, (B, R)), torch.zeros(B, R, dtype=torch.bool), torch.rand(B, C, 3)
     with torch.no_grad():
-        base = fresh.ranker(u, cand, hist, rat, pad, pop)
-        fresh.ranker.blend[2] = 0.5
-        moved = fresh.ranker(u, cand, hist, rat, pad, pop)
+        base = model.ranker(u, cand, hist, rat, pad, pop)
+        own = model.ranker.own_score(cand, hist, rat, pad, pop)
+        gen = (u[:, None, :] * cand).sum(-1) / tiny_cfg.model.tau
+        assert torch.allclose(base, gen + tiny_cfg.model.ranker_fusion * own, atol=1e-5)
+        model.ranker.blend[2] = 0.5
+        moved = model.ranker(u, cand, hist, rat, pad, pop)
     assert torch.allclose(moved - base, 0.5 * LOG_SCALE * pop[..., 1], atol=1e-5)
+    # a state without the blend is not a checkpoint of this format: loading it is an error
+    state = {k: v for k, v in model.state_dict().items() if k != "ranker.blend"}
+    with pytest.raises(RuntimeError, match="ranker.blend"):
+        build_model(tiny_cfg, ml100k).load_state_dict(state)
 
 
-def test_fit_blend_is_a_step_after_training_only_for_a_fused_ranker():
-    """The setting never changes how a model trains (resume and staleness ignore it); only a
-    fused Ranker has a blend to fit."""
+def test_fit_blend_is_a_step_after_training_for_every_ranker():
+    """The setting never changes how a model trains (resume and staleness ignore it); every
+    variant with a Ranker has a blend to fit."""
     a, b = make_config("tiny", "grank"), make_config("tiny", "grank", overrides={"train.fit_blend": False})
     assert effective_dict(a) == effective_dict(b)
     assert applies(a) and not applies(b)
-    assert not applies(make_config("tiny", "grank", overrides={"model.ranker_score": "residual"}))
     assert not applies(make_config("tiny", "generator_only"))
     assert applies(make_config("tiny", "generator_ranker_no_aux"))
 
 
-def test_fitting_a_model_without_a_fused_ranker_names_the_setting(ml100k):
-    cfg = make_config("tiny", "grank", overrides={"model.ranker_score": "residual"})
-    torch.manual_seed(0)
-    with pytest.raises(ValueError, match="blend fit: needs a fused Ranker .*model.ranker_score='residual'"):
-        fit_blend(build_model(cfg, ml100k), split(ml100k, cfg.train.max_users), cfg, progress=False)
+def test_fitting_a_model_without_a_ranker_names_the_setting(ml100k):
     only = make_config("tiny", "generator_only")
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="blend fit: needs a Ranker .*model.ranker=false"):
+        fit_blend(build_model(only, ml100k), split(ml100k, only.train.max_users), only, progress=False)
     with pytest.raises(ValueError, match="popularity: required for a model without a Ranker"):
         features(build_model(only, ml100k), split(ml100k, 50), "val", only.eval, progress=False)
 
@@ -169,25 +170,19 @@ def test_training_without_the_fit_keeps_ranker_fusion(ml100k, tiny_cfg, tmp_path
     summary = train(cfg, ml100k, tmp_path, progress=False)
     assert "blend" not in summary
     model, _, ck = load_checkpoint(tmp_path / "best.pt", ml100k)
-    assert "blend" not in ck and torch.equal(model.ranker.blend, model.ranker.default_blend())
+    assert "blend" not in ck and model.ranker.blend.tolist() == pytest.approx([cfg.model.ranker_fusion, 0, 0, 0])
 
 
-def test_results_fit_a_run_trained_before_the_blend_existed(ml100k, tmp_path):
-    """`grank results` on a finished run whose train.json and best.pt have no blend (trained
-    before it existed): the run is resumed, not retrained, and only the blend is fitted."""
+def test_results_fit_a_run_trained_without_the_fit(ml100k, tmp_path):
+    """`grank results` on a finished run trained with train.fit_blend=false: the fit is a step
+    after training, so the run is reused, not retrained, and only its blend is fitted."""
     from grank.report import run_row
-    first = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
     out = tmp_path / "tiny" / "grank"
+    unfitted = train(make_config("tiny", "grank", overrides={"train.fit_blend": False}), ml100k, out, progress=False)
+    assert "blend" not in unfitted
+    (out / "last.pt").unlink()  # nothing to resume from: a retraining would start over
+    row = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
     summary = json.loads((out / "train.json").read_text())
-    ck = torch.load(out / "best.pt", weights_only=True)
-    assert first["blend"] == summary["blend"]["weights"]
-    # make it look like an older run: no blend anywhere, served with ranker_fusion alone, and
-    # only best.pt kept (no last.pt to resume from: it must not be trained again)
-    del summary["blend"], ck["blend"], ck["model"]["ranker.blend"]
-    (out / "train.json").write_text(json.dumps(summary))
-    torch.save(ck, out / "best.pt")
-    (out / "last.pt").unlink()
-    again = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
-    refit = json.loads((out / "train.json").read_text())
-    assert refit["history"] == summary["history"] and not (out / "last.pt").exists()  # not retrained
-    assert again["blend"] == first["blend"] and again["HR@10"] == first["HR@10"]
+    assert summary["history"] == unfitted["history"] and not (out / "last.pt").exists()  # not retrained
+    assert row["blend"] == summary["blend"]["weights"]
+    assert load_checkpoint(out / "best.pt", ml100k)[2]["blend"]["weights"] == row["blend"]

@@ -65,19 +65,19 @@ def test_effective_config_ignores_settings_of_absent_parts():
     assert effective_dict(a) != effective_dict(e)
 
 
-def test_serving_config_changes_only_serving_settings():
-    from grank.config import serving_config
+def test_with_serving_changes_only_serving_settings():
+    from grank.config import with_serving
     cfg = make_config("tiny", "grank")  # max_history 16, ranker_history 32
-    new = serving_config(cfg, {"eval.k1": "40", "model.ranker_history": "16"})
+    new = with_serving(cfg, {"eval.k1": "40", "model.ranker_history": "16"})
     assert (new.eval.k1, new.model.ranker_history) == (40, 16) and cfg.eval.k1 == 50
     with pytest.raises(ValueError, match="model.d_model: not a serving setting"):
-        serving_config(cfg, {"model.d_model": 8})
+        with_serving(cfg, {"model.d_model": 8})
     with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[16 .*, 32 \(trained\)\], got 64"):
-        serving_config(cfg, {"model.ranker_history": 64})
+        with_serving(cfg, {"model.ranker_history": 64})
     with pytest.raises(ValueError, match=r"model.ranker_history: must be in \[16"):
-        serving_config(cfg, {"model.ranker_history": 8})
+        with_serving(cfg, {"model.ranker_history": 8})
     with pytest.raises(ValueError, match=r"eval.k2 \(20\) must be <= eval.k1 \(10\)"):
-        serving_config(cfg, {"eval.k1": 10})
+        with_serving(cfg, {"eval.k1": 10})
 
 
 def test_served_config_applies_the_serve_section_and_overrides_on_top():
@@ -92,39 +92,37 @@ def test_served_config_applies_the_serve_section_and_overrides_on_top():
         served_config(cfg, {"serve.history": 32})
 
 
-def test_ranker_score_settings_are_checked_and_ignored_without_a_ranker():
+def test_ranker_settings_are_checked_and_ignored_without_a_ranker():
     from grank.config import effective_dict
-    with pytest.raises(ValueError, match=r"model.ranker_score: must be 'residual' or 'fused', got 'sum'"):
-        make_config("tiny", "grank", overrides={"model.ranker_score": "sum"})
     with pytest.raises(ValueError, match=r"model.ranker_fusion: must be > 0, got 0.0"):
         make_config("tiny", "grank", overrides={"model.ranker_fusion": 0})
     # a Ranker setting cannot invalidate the checkpoint of a variant without a Ranker
     a = make_config("tiny", "generator_only")
-    for over in ({"model.ranker_score": "residual"}, {"model.ranker_popularity": False},
-                 {"train.ranker_updates_table": True}):
+    for over in ({"model.ranker_popularity": False}, {"model.ranker_fusion": 2.0}, {"train.ranker_hard": 4}):
         assert effective_dict(a) == effective_dict(make_config("tiny", "generator_only", overrides=over))
         assert effective_dict(make_config("tiny", "grank")) != effective_dict(
             make_config("tiny", "grank", overrides=over))
-    # the fusion weight only matters to a fused Ranker (the default)
-    residual = {"model.ranker_score": "residual"}
-    assert effective_dict(make_config("tiny", "grank", overrides=residual)) == effective_dict(
-        make_config("tiny", "grank", overrides={**residual, "model.ranker_fusion": 2.0}))
-    assert effective_dict(make_config("tiny", "grank")) != effective_dict(
-        make_config("tiny", "grank", overrides={"model.ranker_fusion": 2.0}))
+    # the blend fit is a step after training: it never invalidates a trained checkpoint
+    assert effective_dict(make_config("tiny", "grank")) == effective_dict(
+        make_config("tiny", "grank", overrides={"train.fit_blend": False}))
 
 
-def test_configs_saved_before_a_setting_existed_keep_their_behaviour():
-    """A checkpoint's config without the Ranker settings added later (grank.config.LEGACY_DEFAULTS)
-    loads as it was trained: residual Ranker, no popularity, L_CA updating the shared table."""
-    from grank.config import LEGACY_DEFAULTS, Config
+@pytest.mark.parametrize("key", ["model.ranker_score", "train.ranker_holdout", "train.ranker_detach",
+                                 "train.ranker_slots", "train.ntp_mask_seen", "train.ranker_updates_table"])
+def test_removed_recipes_are_unknown_keys(key):
+    """Options that experiments refuted are gone (docs/EXPERIMENTS.md names the tag that keeps
+    them): setting one is an error naming it, not a silent no-op."""
+    with pytest.raises(ValueError, match=f"unknown config key '{key}'"):
+        make_config("tiny", "grank", overrides={key: "true"})
+
+
+def test_a_saved_config_must_hold_every_key():
+    """A missing key is an error, never today's default: a later default must not change how a
+    saved model is rebuilt (checkpoints of another format are refused before this, by version)."""
+    from grank.config import Config
     d = make_config("default", "grank").to_dict()
-    for key in LEGACY_DEFAULTS:
-        section, name = key.split(".")
-        d[section].pop(name)
-    old = Config.from_dict(d)
-    assert (old.model.ranker_score, old.model.ranker_fusion, old.model.ranker_popularity,
-            old.train.ranker_updates_table, old.serve.history) == ("residual", 0.5, False, True, 128)
+    d["model"].pop("ranker_fusion")
+    with pytest.raises(ValueError, match=r"ModelConfig keys missing: \['ranker_fusion'\]"):
+        Config.from_dict(d)
     new = make_config("default", "grank")
-    assert (new.model.ranker_score, new.model.ranker_popularity, new.train.ranker_updates_table) == \
-        ("fused", True, False)
-    assert Config.from_dict(new.to_dict()) == new  # saved configs hold every key: no fill-in
+    assert Config.from_dict(new.to_dict()) == new

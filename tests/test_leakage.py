@@ -47,24 +47,3 @@ def test_eval_history_is_the_newest_visible_items(ml100k):
         s = ml100k.seq(int(uu))
         assert ids[b].tolist() == s[-9:-1].tolist()
         assert len(seen[b]) == len(s) - 1
-
-
-def test_ranker_slot_views_never_show_what_came_after_the_slot():
-    """``train.ranker_slots`` > 1 trains the Ranker at older window slots: each slot's view of
-    the long history must hold exactly the items up to that slot (newest last), padding before."""
-    import torch
-
-    from grank.train import slot_views
-    B, R, d = 3, 12, 2
-    ids = torch.arange(1, R + 1).repeat(B, 1) + 100 * torch.arange(B)[:, None]  # unique per slot
-    rat = ids % 5 + 1
-    emb = ids[..., None].float().repeat(1, 1, d)
-    slots = torch.tensor([0, 4, R - 1])
-    v_ids, v_rat, v_emb = slot_views(slots, ids, rat, emb)
-    assert v_ids.shape == (B, 3, R) and v_emb.shape == (B, 3, R, d)
-    for k, t in enumerate(slots.tolist()):
-        want = torch.cat([torch.zeros(B, R - 1 - t, dtype=torch.long), ids[:, :t + 1]], 1)
-        assert torch.equal(v_ids[:, k], want), (t, v_ids[:, k])
-        assert torch.equal(v_rat[:, k], torch.where(want > 0, want % 5 + 1, 0))
-        assert torch.equal(v_emb[:, k, :, 0], want.float())
-        assert v_ids[:, k].max() <= ids[:, t].max()  # nothing newer than the slot

@@ -1,4 +1,4 @@
-"""export.mips_int8 (issue #4): the int8-scan + exact-re-score graph against the fp32 MIPS of
+"""export.mips_int8: the int8-scan + exact-re-score graph against the fp32 MIPS of
 grank.mips, tie-tolerant: same signature, exact scores for what it returns, history and
 padding excluded, a user's answer independent of the batch it shares."""
 import numpy as np

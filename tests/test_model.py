@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grank.config import make_config
-from grank.train import build_model
+from grank.checkpoint import build_model
 
 
 def _model(ml100k, variant="grank", **over):
@@ -145,7 +145,7 @@ def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(ti
 
     from grank.batches import eval_inputs, eval_times
     from grank.data import split
-    from grank.train import load_checkpoint
+    from grank.checkpoint import load_checkpoint
     model, cfg, out, _ = tiny_trained
     short, scfg, _ = load_checkpoint(out / "best.pt", ml100k, serving={"model.ranker_history": 16})
     assert scfg.model.ranker_history == 16 and cfg.model.ranker_history == 32
@@ -168,12 +168,11 @@ def test_a_shorter_served_history_is_the_trained_model_on_a_truncated_history(ti
         assert not torch.allclose(model.encode_users(ids, rat, feats), u_full)  # the cut mattered
 
 
-def test_fused_ranker_scores_without_the_user_vector(ml100k):
-    """model.ranker_score="fused": the Ranker's own score never sees the user vector, the served
-    score is the MIPS score + model.ranker_fusion x it, and an untrained one keeps the Generator
-    order (zero-initialised last layer)."""
-    m, cfg = _model(ml100k, **{"model.ranker_score": "fused", "model.ranker_fusion": 0.7,
-                               "model.ranker_popularity": False})
+def test_served_score_is_the_mips_score_plus_the_rankers_own(ml100k):
+    """The Ranker's own score never sees the user vector (its signature has none); the served
+    score is the MIPS score + model.ranker_fusion x it until the blend is fitted, and an
+    untrained Ranker keeps the Generator's order (zero-initialised last layer)."""
+    m, cfg = _model(ml100k, **{"model.ranker_fusion": 0.7, "model.ranker_popularity": False})
     ids, rat, feats = _inputs(ml100k)
     cand = torch.randint(1, ml100k.n_items + 1, (6, 11))
     with torch.no_grad():
@@ -185,12 +184,7 @@ def test_fused_ranker_scores_without_the_user_vector(ml100k):
             torch.nn.init.normal_(p, std=0.5)
         t = m.item_vectors()
         R = cfg.model.ranker_history
-        args = (torch.nn.functional.embedding(cand, t), torch.nn.functional.embedding(ids[:, -R:], t),
-                rat[:, -R:], ids[:, -R:] == 0)
-        own = m.ranker(u, *args, own=True)
-        assert torch.equal(own, m.ranker(torch.randn_like(u), *args, own=True))  # no user vector in it
+        own = m.ranker.own_score(torch.nn.functional.embedding(cand, t),
+                                 torch.nn.functional.embedding(ids[:, -R:], t), rat[:, -R:], ids[:, -R:] == 0)
         assert own.abs().max() > 1e-3
         assert torch.allclose(m.rank(u, ids, rat, cand), mips + 0.7 * own, atol=1e-5)
-    residual, _ = _model(ml100k, **{"model.ranker_score": "residual", "model.ranker_popularity": False})
-    with pytest.raises(ValueError, match="only a 'fused' Ranker"):
-        residual.ranker(u, *args, own=True)

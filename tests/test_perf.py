@@ -1,5 +1,6 @@
 """perf_analyzer runs against the real server with real-user input data and leaves its CSV,
-log, exact command and plot behind."""
+log, exact command and plot behind; tune records its rows; the report rewrites only the
+generated part of PERFORMANCE.md."""
 import json
 
 from client.grank_client import GRankClient
@@ -157,14 +158,13 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
     assert ranker_kind(make_config("tiny", "grank")) == "fused+popularity"
     assert ranker_kind(make_config("tiny", "grank"), blended=True) == "fused+popularity+blend"
     assert ranker_kind(make_config("tiny", "generator_only")) == "none"
-    assert ranker_kind(make_config("tiny", "grank", overrides={"model.ranker_score": "residual",
-                                                                "model.ranker_popularity": False})) == "residual"
+    assert ranker_kind(make_config("tiny", "grank", overrides={"model.ranker_popularity": False})) == "fused"
 
     def row(method, load, day, ranker, gflops=None):
         r = {"stage": "ensemble", "method": method, "protocol": "grpc", "N": 10, "load_kind": "concurrency",
              "load": load, "qps": 10.0 * load, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "command": "pa",
              "R": 4, "k1": 8, "date": day, "ranker": ranker}
-        if gflops:  # perf.floor.machine
+        if gflops:  # mipsbench.floor.measured_rates
             r["machine"] = {"cpu": "x86_64", "cores": 2, "read_bandwidth_gbs": 30.0, "gemm_gflops": gflops}
         return r
     rows = [row("old", 1, "2026-11-23", "residual"), row("old", 2, "2026-11-23", "residual"),
@@ -177,3 +177,55 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
     other = row("same_day", 1, "2026-11-24", "fused+popularity", 70.0)
     groups = {("old", "grpc"): rows[:2], ("new", "grpc"): rows[2:], ("same_day", "grpc"): [other]}
     assert plot_panels(groups) == ["2026-11-23", "2026-11-24, 219 GFLOP/s", "2026-11-24, 70 GFLOP/s"]
+
+
+def test_report_keeps_the_hand_written_part_and_rewrites_the_rest(tmp_path):
+    """PERFORMANCE.md: text above the marker line is kept byte for byte, everything below it is
+    regenerated; a file without the marker gets it at the top."""
+    from perf.report import MARKER, write_generated
+    md = tmp_path / "PERFORMANCE.md"
+    assert MARKER == ("<!-- generated: everything below this line is written by python -m perf report "
+                      "from docs/performance.json -->")
+    write_generated(md, "## Old\n\nold rows\n")  # no file yet
+    assert md.read_text() == MARKER + "\n\n## Old\n\nold rows\n"
+    md.write_text("# An old report without the marker\n")
+    write_generated(md, "## Old\n")
+    assert md.read_text() == MARKER + "\n\n## Old\n"
+    summary = "# Performance\n\nHand-written: the served ensemble needs 3 machines.\n" \
+              f"A quoted marker is not one: `{MARKER}`\n\n"
+    md.write_text(summary + MARKER + "\n\n## Old\n\nstale rows\n")
+    write_generated(md, "## New\n\nfresh rows")
+    assert md.read_text() == summary + MARKER + "\n\n## New\n\nfresh rows\n"
+    write_generated(md, "## New\n\nfresh rows")  # idempotent
+    assert md.read_text() == summary + MARKER + "\n\n## New\n\nfresh rows\n"
+
+
+def test_report_command_renders_every_section_from_the_rows(tmp_path, capsys):
+    """`python -m perf report --docs DIR`: MIPS (CPU and GPU) and ensemble sections from
+    DIR/performance.json, the hand-written summary kept; without rows it says what to run."""
+    from perf.__main__ import main
+    from perf.report import MARKER
+    assert main(["report", "--docs", str(tmp_path)]) == 2
+    assert "make bench" in capsys.readouterr().err and not (tmp_path / "PERFORMANCE.md").exists()
+    cpu = {"stage": "mips", "method": "grank_mips", "N": 1000, "k": 10, "batch": 1, "qps": 100.0, "p50_ms": 1.0,
+           "p99_ms": 2.0, "recall": 1.0, "recall_target": None, "floor_ms": 0.5, "p50_over_floor": 2.0,
+           "build_s": 0.1, "memory_mb": 1.0, "params": {}}
+    gpu = {**cpu, "method": "torch_cuda_fp32", "precision": "fp32", "device": "Fake GPU"}
+    ens = {"stage": "ensemble", "method": "default", "protocol": "grpc", "N": 1000, "load_kind": "concurrency",
+           "load": 1, "qps": 50.0, "p50_ms": 10.0, "p95_ms": 15.0, "p99_ms": 20.0, "command": "perf_analyzer -m grank"}
+    rates = {"cpu": "x86_64", "cores": 2, "read_bandwidth_gbs": 20.0, "gemm_gflops": 60.0}
+    perf = {"machine": rates, "mips_date": "2026-01-01", "geometry": {}, "mixture": {"components": 4, "shrink": 0.2},
+            "mips_runs": [{"id": 0, "command": "python -m mipsbench cpu --quick", "date": "2026-01-01", "sizes": [1000],
+                           "note": "", **rates}],
+            "gpus": {"Fake GPU": {"date": "2026-01-01", "torch": "x", "copy_bandwidth_gbs": 1000.0,
+                                  "gemm_tflops": {"fp32": 50.0}, "rescore_factor": 2}},
+            "rows": [cpu, gpu, ens]}
+    (tmp_path / "performance.json").write_text(json.dumps(perf))
+    (tmp_path / "PERFORMANCE.md").write_text("# Performance\n\nSummary.\n\n" + MARKER + "\n\nstale\n")
+    assert main(["report", "--docs", str(tmp_path)]) == 0
+    md = (tmp_path / "PERFORMANCE.md").read_text()
+    assert md.startswith("# Performance\n\nSummary.\n\n" + MARKER + "\n\n## MIPS stage\n") and "stale" not in md
+    assert "`python -m mipsbench cpu --quick`" in md and "### N = 1,000, k = 10" in md
+    assert "## MIPS stage on a GPU: Fake GPU" in md and "| default | grpc | 1,000 |" in md
+    assert md.count(MARKER) == 1
+    assert json.loads((tmp_path / "performance.json").read_text()) == perf  # rows read, never written

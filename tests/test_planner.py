@@ -1,4 +1,4 @@
-"""perf.planner (issue #4): units from measured rows only, with the stated rules (fill time,
+"""perf.planner: units from measured rows only, with the stated rules (fill time,
 headroom, linear-in-N interpolation, no extrapolation for index methods or ensembles)."""
 import math
 

@@ -29,14 +29,14 @@ def test_make_help_is_default_and_documents_every_target():
             assert t in out.stdout, f"make help does not document {t}"
 
 
+PACKAGES = {"grank", "export", "serve", "client", "perf", "mipsbench"}
 CLI_LINES = [l for l in README.splitlines()
-             if re.match(r"python -m (grank|export|serve|client|perf)(\.\w+)?( |$)", l)]
+             if re.match(rf"python -m ({'|'.join(PACKAGES)})( |$)", l)]
 
 
 def _main(pkg):
     import importlib
-    # a package's CLI lives in its __main__; a module run with -m (perf.gpu_mips) has its own main
-    return importlib.import_module(pkg if "." in pkg else f"{pkg}.__main__").main
+    return importlib.import_module(f"{pkg}.__main__").main
 
 
 @pytest.mark.parametrize("line", CLI_LINES)
@@ -52,22 +52,41 @@ def test_readme_cli_lines_parse(line):
 
 
 def test_readme_covers_every_cli():
-    assert {l.split()[2].split(".")[0] for l in CLI_LINES} == {"grank", "export", "serve", "client", "perf"}
+    assert {l.split()[2] for l in CLI_LINES} == PACKAGES
 
 
 def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_headline_numbers_match_docs_results():
-    """Numbers quoted in the README are the measured ones in docs/results.json."""
-    import json
+def test_readme_results_table_matches_docs_results():
+    """The README's results table holds the measured rows of docs/results.json, every row of it,
+    and the published anchors as docs/results.json records them."""
     res = json.loads((ROOT / "docs" / "results.json").read_text())
     rows = {r["model"]: r for r in res["rows"]}
-    quoted = re.findall(r"`(\w+)` HR@10 = ([0-9]+\.[0-9]+), NDCG@10 = ([0-9]+\.[0-9]+)", README)
-    assert quoted, "README quotes no headline numbers"
+    quoted = re.findall(r"^\| `(\w+)`[^|]*\| ([0-9.]+) \| ([0-9.]+) \|$", README, re.M)
+    assert {m for m, _, _ in quoted} == set(rows), "the README's table lists every results row"
     for model, hr, ndcg in quoted:
-        assert rows[model]["HR@10"] == float(hr) and rows[model]["NDCG@10"] == float(ndcg), model
+        assert (rows[model]["HR@10"], rows[model]["NDCG@10"]) == (float(hr), float(ndcg)), model
+    anchors = {a["model"].split(" (")[0]: a for a in res["published_anchors"]}
+    for name, hr, ndcg in re.findall(r"^\| (\w+), published[^|]*\| ([0-9.]+) \| ([0-9.]+) \|$", README, re.M):
+        assert (anchors[name]["HR@10"], anchors[name]["NDCG@10"]) == (float(hr), float(ndcg)), name
+
+
+def test_readme_ensemble_numbers_match_docs_performance():
+    """The served ensemble's throughput and p99 quoted in the README are rows of
+    docs/performance.json (the committed shape, gRPC, closed loop)."""
+    perf = json.loads((ROOT / "docs" / "performance.json").read_text())
+    rows = {int(r["load"]): r for r in perf["rows"] if r["stage"] == "ensemble" and r["method"] == "default"
+            and r["protocol"] == "grpc" and r["load_kind"] == "concurrency"}
+    text = re.sub(r"\s+", " ", README)
+    m = re.search(r"([0-9,]+) requests/s at concurrency ([0-9]+) over gRPC with p99 ([0-9.]+) ms; "
+                  r"([0-9,]+) requests/s with one request in flight \(p99 ([0-9.]+) ms\)", text)
+    assert m, "README quotes the ensemble's throughput"
+    qps, conc, p99, qps1, p99_1 = m.groups()
+    for quoted, measured in ((qps, rows[int(conc)]["qps"]), (p99, rows[int(conc)]["p99_ms"]),
+                             (qps1, rows[1]["qps"]), (p99_1, rows[1]["p99_ms"])):
+        assert _matches(quoted, measured), (quoted, measured)
 
 
 def _matches(quoted: str, measured: float) -> bool:
@@ -87,8 +106,8 @@ def test_readme_mips_numbers_match_docs_performance():
     nums, batches = r"([0-9.,]+(?:\s*/\s*[0-9.,]+)*)", r"([0-9]+(?:\s*/\s*[0-9]+)*)"
     text = re.sub(r"\s+", " ", README)  # sentences wrap anywhere
     quoted = re.findall(rf"N = (1M|5M), k = ([0-9]+), p50[^:]*: the served module answers in {nums} ms "
-                        rf"at batch {batches}.*?at {nums} times the floor at batch {batches}", text)
-    assert {q[0] for q in quoted} == set(sizes), "README quotes the served module's 1M and 5M numbers"
+                        rf"at batch {batches}.*?at {nums} times the (?:machine's )?floor at batch {batches}", text)
+    assert quoted and {q[0] for q in quoted} <= set(sizes), "README quotes the served module's MIPS numbers"
     for size, k, p50s, b1, multiples, b2 in quoted:
         for values, bs, field in ((p50s, b1, "p50_ms"), (multiples, b2, "p50_over_floor")):
             values, bs = re.split(r"\s*/\s*", values), [int(b) for b in re.split(r"\s*/\s*", bs)]
@@ -97,3 +116,63 @@ def test_readme_mips_numbers_match_docs_performance():
                 measured = rows[(sizes[size], int(k), b)][field]
                 assert _matches(v, measured), f"README says {field} {v} at N={size} k={k} batch {b}; " \
                                               f"docs/performance.json has {measured}"
+
+
+def _layout() -> dict[str, str]:
+    """The README's layout block: top-level folder -> its description."""
+    block = README.split("## Layout", 1)[1].split("```")[1]
+    entries, current = {}, None
+    for line in block.splitlines():
+        m = re.match(r"^(\S+/)\s+(.*)", line)
+        if m:
+            current = m.group(1)
+            entries[current] = m.group(2)
+        elif current and line.strip():
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_readme_layout_is_the_repository():
+    """The layout section names every top-level folder git tracks, only files and folders that
+    exist where it puts them, and every module of the Python packages."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = [f for f in files if (ROOT / f).exists()]
+    entries = _layout()
+    assert set(entries) == {f.split("/")[0] + "/" for f in files if "/" in f and not f.startswith(".")}
+    for folder, text in entries.items():
+        inside = [f[len(folder):] for f in files if f.startswith(folder)]
+        for name in re.findall(r"\b[\w.-]+\.(?:py|md)\b", text):
+            assert any(f == name or f.endswith("/" + name) for f in inside), f"{folder}{name} is not tracked"
+        for sub in re.findall(r"(?<![\w/<>])([a-z_]+)/(?=[\s)]|$)", text):
+            assert any(f.startswith(sub + "/") or f"/{sub}/" in f for f in inside), f"{folder}{sub}/ is not tracked"
+        if (ROOT / folder / "__init__.py").exists():  # a package: every module is named
+            modules = {f for f in inside if "/" not in f and f.endswith(".py")} - {"__init__.py", "__main__.py"}
+            missing = sorted(m for m in modules if m not in text.split() and m not in re.findall(r"[\w.]+", text))
+            assert not missing, f"the layout does not name {folder}{missing}"
+
+
+def _snippet(after: str, lang: str) -> str:
+    return README.split(after, 1)[1].split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_request_snippets_answer_on_a_real_server(triton_server, tiny_repository, tmp_path):
+    """The raw tritonclient snippet and the curl line work as written against a served
+    repository (the tiny one: its shorter history replaces the README's 256) and agree."""
+    R = json.loads(subprocess.run(["curl", "-s", f"http://{triton_server.http_url}/v2/models/grank/config"],
+                                  capture_output=True, text=True, check=True).stdout)["input"][0]["dims"][0]
+    assert int(R) < 256
+
+    def local(code: str) -> str:
+        code = code.replace("localhost:8001", triton_server.grpc_url).replace("localhost:8000", triton_server.http_url)
+        return code.replace("256", str(R)).replace("253", str(int(R) - 3))
+    py = subprocess.run([sys.executable, "-c", local(_snippet("With `tritonclient` and `numpy` only", "python"))],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert py.returncode == 0, py.stderr[-2000:]
+    sh = subprocess.run(["bash", "-c", local(_snippet("Or over HTTP with `curl`", "bash"))],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert sh.returncode == 0, sh.stderr[-2000:]
+    out = {o["name"]: o for o in json.loads(sh.stdout)["outputs"]}
+    ids = out["item_ids"]["data"]
+    assert out["item_ids"]["shape"][0] == 1 and len(ids) == out["item_ids"]["shape"][1] and not {1, 2, 3} & set(ids)
+    printed = [int(x) for x in re.findall(r"\d+", py.stdout.split("]")[0])]
+    assert printed == ids[:10]  # the same request over gRPC and HTTP: the same answer

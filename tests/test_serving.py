@@ -1,4 +1,4 @@
-"""The real Triton server (session fixture ``triton_server``, tiny repository on free ports):
+"""The real Triton server (session-scoped fixture ``triton_server``, tiny repository on free ports):
 every model answers, the ensemble equals the offline pipeline over gRPC and HTTP, bad input
 gets errors naming the field, and the server keeps answering afterwards."""
 import asyncio

@@ -1,5 +1,5 @@
 """The default Ranker counts popularity before the request (``model.ranker_popularity``): served
-for real (the session's tiny repository and Triton server), the request's time enters the
+for real (the tiny repository and Triton server shared by the test run), the request's time enters the
 ensemble as ``request_time``, passes the validator (errors name it), reaches the Ranker graph
 (which holds the counts by day as a constant), and the served lists equal the offline
 pipeline's, replayed at each user's own time."""

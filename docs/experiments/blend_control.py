@@ -1,25 +1,21 @@
-"""The control for the fitted served blend (docs/EXPERIMENTS.md, "Where validation and test part
-ways, and a served blend fitted on held-out data"): does GRank's Ranker add anything beyond the
-popularity counts its served score mixes in? Each
-generator_only checkpoint gets the same treatment as GRank's Ranker (grank.blend): Generator
-score + w . log1p(7-day, 30-day, all-time counts), w fitted on validation by the same convex
-cross-entropy, then HR@10 on validation and test, paired per user against the GRank checkpoint
-of the same seed (its served score, blend included).
+"""The control for the fitted served blend (docs/EXPERIMENTS.md): does GRank's Ranker add
+anything beyond the popularity counts its served score mixes in? Each generator_only checkpoint
+gets the same treatment as GRank's Ranker (grank.blend): Generator score + w . log1p(7-day,
+30-day, all-time counts), w fitted on validation by the same convex cross-entropy, then HR@10 on
+validation and test, paired per user against the GRank checkpoint of the same seed (its served
+score, blend included).
 
-    python docs/experiments/blend_control.py GENONLY_s0.pt GRANK_s0.pt GENONLY_s1.pt GRANK_s1.pt ...
+    python -m docs.experiments.blend_control GENONLY_s0.pt GRANK_s0.pt GENONLY_s1.pt GRANK_s1.pt ...
 """
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, '.')
-sys.path.insert(0, 'docs/experiments')
+from docs.experiments.paired import hits, parse_seed_pairs
 from grank.blend import features, fit
+from grank.checkpoint import load_checkpoint
 from grank.data import load, split as make_split
 from grank.popularity import RecentPopularity
-from grank.train import load_checkpoint
-from paired import hits
 
 
 def blended_hits(path, k=10):
@@ -48,11 +44,10 @@ def pessimistic_hits(x, y, w, k):
     return ((s >= t).sum(1) - 1 < k).double().numpy()
 
 
-if __name__ == "__main__":
-    torch.set_num_threads(2)
-    paths = sys.argv[1:]
-    if len(paths) < 2 or len(paths) % 2:
-        sys.exit(__doc__)
+def main(argv=None):
+    paths = parse_seed_pairs("blend_control", __doc__,
+                             "GENONLY GRANK checkpoints, two per seed: a generator_only checkpoint (given "
+                             "the fitted popularity blend) then the GRank checkpoint of the same seed", argv)
     diffs = {"val": [], "test": []}
     for base, other in zip(paths[::2], paths[1::2]):
         hb, w = blended_hits(base)
@@ -67,3 +62,7 @@ if __name__ == "__main__":
         m = np.array(m)
         print(f"{stage}: mean over {len(m)} seeds {m.mean():+.4f}, s.e. {m.std(ddof=1) / np.sqrt(len(m)):.4f} "
               f"across seeds; GRank ahead in {int((m > 0).sum())} of {len(m)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,12 @@
-"""Train several results-row recipes side by side on one GPU, evaluate each on the test split,
+r"""Train several results-row recipes side by side on one GPU, evaluate each on the test split,
 and append one summary line per run to a JSON-lines file (the format of
-docs/experiments_gpu_runs.jsonl). The exact script behind the GPU tables of docs/EXPERIMENTS.md.
+docs/experiments_gpu_runs.jsonl). The script behind the GPU tables of docs/EXPERIMENTS.md.
 
-    python docs/experiments/gpu_rows.py --out $OUT/runs.jsonl --work /tmp/runs \
+    python -m docs.experiments.gpu_rows --out $OUT/runs.jsonl --work /tmp/runs --run '2026-11-23 b' \
         'grank_rh1000_s0 grank 0 model.ranker_history=1000' 'genonly_s0 generator_only 0'
 
 Each spec is "NAME VARIANT SEED [KEY=VALUE ...]" (the KEY=VALUE pairs become --set overrides on
-top of the default preset at 24 epochs). Runs start together (a GPU has room for about ten of
+top of the preset at --epochs epochs). Runs start together (a GPU has room for about ten of
 these small models); each is evaluated on the CPU as soon as it finishes.
 """
 from __future__ import annotations
@@ -20,15 +20,20 @@ import time
 from pathlib import Path
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("specs", nargs="+", help='"NAME VARIANT SEED [KEY=VALUE ...]"')
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m docs.experiments.gpu_rows", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("specs", nargs="+", metavar="SPEC", help='one run: "NAME VARIANT SEED [KEY=VALUE ...]"')
     p.add_argument("--out", required=True, help="JSON-lines file to append summaries to")
-    p.add_argument("--work", default="artifacts/gpu-rows", help="checkpoint folders")
-    p.add_argument("--epochs", type=int, default=24)
-    p.add_argument("--preset", default="default")
-    p.add_argument("--device", default="cuda")
-    a = p.parse_args()
+    p.add_argument("--work", default="artifacts/gpu-rows",
+                   help="folder of the runs' checkpoint folders, one per NAME (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=24, help="train.epochs of every run (default %(default)s)")
+    p.add_argument("--preset", default="default", help="config preset of every run (default %(default)s)")
+    p.add_argument("--device", default="cuda", help="torch device the runs train on (default %(default)s)")
+    p.add_argument("--run", default=None,
+                   help='label written as "run" in every summary line, to tell apart the runs '
+                        'appended to one file (e.g. "2026-11-23 b": a date and a letter)')
+    a = p.parse_args(argv)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = {}
     for spec in a.specs:
@@ -68,18 +73,18 @@ def main() -> int:
                 continue
             test = json.loads(stdout)
             tr = json.loads((out / "train.json").read_text())
-            row = {"name": name, "spec": spec, "train_s": round(tr["train_seconds"], 1),
-                   "best": tr["best"],
-                   "val": [h["val"]["HR@10"] for h in tr["history"] if "val" in h],
-                   "test": {k: v for k, v in test.items()
-                            if k in ("HR@10", "NDCG@10", "HR@50", "gen_HR@10", "gen_NDCG@10")
-                            or k.startswith("candidate_recall")}}
+            row = {"run": a.run} if a.run is not None else {}
+            row.update({"name": name, "spec": spec, "train_s": round(tr["train_seconds"], 1),
+                        "best": tr["best"],
+                        "val": [h["val"]["HR@10"] for h in tr["history"] if "val" in h],
+                        "test": {k: v for k, v in test.items()
+                                 if k in ("HR@10", "NDCG@10", "HR@50", "gen_HR@10", "gen_NDCG@10")
+                                 or k.startswith("candidate_recall")}})
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{time.time() - t0:6.0f}s", json.dumps(row), flush=True)
         time.sleep(2)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

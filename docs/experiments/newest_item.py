@@ -1,6 +1,6 @@
 """Why does jointly trained GRank gain more over generator_only on validation than on test?
-(docs/EXPERIMENTS.md, "Where validation and test part ways".) No training: the same checkpoints
-evaluated with the newest history item moved.
+(docs/EXPERIMENTS.md.) No training: the same checkpoints evaluated with the newest history item
+moved.
 
 - ``val``: history s[:n-2], target s[n-2]. The newest history item is the user's last training
   item, a training target in every epoch.
@@ -15,16 +15,10 @@ If GRank's lead follows the history (large on val and both skip stages, small on
 differs is the newest item being a memorised training target; if it follows the target (large
 on val and val_skip, small on test and test_skip), it is the held-out items themselves.
 
-    python docs/experiments/newest_item.py BASE_s0.pt OTHER_s0.pt BASE_s1.pt OTHER_s1.pt ...
+    python -m docs.experiments.newest_item BASE_s0.pt OTHER_s0.pt BASE_s1.pt OTHER_s1.pt ...
 """
-import sys
-
-import torch
-
-sys.path.insert(0, '.')
-sys.path.insert(0, 'docs/experiments')
+from docs.experiments.paired import parse_seed_pairs, seed_pairs
 from grank.data import HELD_OUT, Split
-from paired import seed_pairs
 
 STAGES = ("val", "test", "test_skip", "val_skip")
 
@@ -46,9 +40,12 @@ class ShiftedSplit(Split):
         return self._n(u) - self.AT[stage][1]
 
 
-if __name__ == "__main__":
-    torch.set_num_threads(2)
-    paths = sys.argv[1:]
-    if len(paths) < 2 or len(paths) % 2:
-        sys.exit(__doc__)
+def main(argv=None):
+    paths = parse_seed_pairs("newest_item", __doc__,
+                             "BASE OTHER checkpoints, two per seed (e.g. generator_only then GRank); "
+                             "each pair is compared on the four stages above", argv)
     seed_pairs(paths, stages=STAGES, split_cls=ShiftedSplit)
+
+
+if __name__ == "__main__":
+    main()

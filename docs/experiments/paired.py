@@ -4,32 +4,37 @@ paired standard error (std of the per-user differences / sqrt(users)) and the di
 (hit by one only). Paired, because every row ranks the same 6,040 held-out items: the
 seed-to-seed spread of a row is not the noise of a difference measured on the same users.
 
-    python docs/experiments/paired.py test BASE.pt OTHER.pt [OTHER.pt ...]
+    python -m docs.experiments.paired test BASE.pt OTHER.pt [OTHER.pt ...]
 
-``--pairs``: one (BASE, OTHER) pair per seed, e.g. generator_only and GRank of seeds 0, 1, 2;
+--pairs: one (BASE, OTHER) pair per seed, e.g. generator_only and GRank of seeds 0, 1, 2;
 prints each pair's difference on validation and test, then the mean difference over the pairs
 with two standard errors: from the spread of the per-seed differences (what a new seed would
 show) and from the per-user differences (the held-out users' noise alone, on either split).
 
-    python docs/experiments/paired.py --pairs BASE_s0.pt OTHER_s0.pt BASE_s1.pt OTHER_s1.pt ...
+    python -m docs.experiments.paired --pairs BASE_s0.pt OTHER_s0.pt BASE_s1.pt OTHER_s1.pt ...
 
-Several recipes at once: ``--label NAME`` starts a group of pairs; ``--plot PNG`` draws every
-seed's difference (with its paired standard error) and each group's mean, validation and test.
+Several recipes at once: --label NAME starts a group of pairs (its checkpoints follow it, up to
+the next option); --plot PNG draws every seed's difference (with its paired standard error) and
+each group's mean, validation and test, and writes the numbers next to it (PNG with .json).
 
-    python docs/experiments/paired.py --pairs --plot seeds.png --label A B0 A0 B1 A1 --label C B0 C0 ...
+    python -m docs.experiments.paired --pairs --plot seeds.png --label A B0 A0 B1 A1 --label C B0 C0 ...
 """
+import argparse
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
-sys.path.insert(0, '.')
+from grank.checkpoint import load_checkpoint
 from grank.data import load, split as make_split
 from grank.evaluate import served_ranks
-from grank.train import load_checkpoint
+
+STAGES = ("val", "test")
 
 
 @lru_cache(maxsize=None)  # a base checkpoint shared by several groups is evaluated once
@@ -54,7 +59,7 @@ def against_base(stage, paths):
               f"here, {int((d < 0).sum())} only in base)")
 
 
-def seed_pairs(paths, label="", stages=("val", "test"), split_cls=None):
+def seed_pairs(paths, label="", stages=STAGES, split_cls=None):
     """{stage: [(per-seed difference, its paired s.e.), ...]} for (BASE, OTHER) pairs; prints them
     and their mean."""
     pairs = list(zip(paths[::2], paths[1::2]))
@@ -78,12 +83,9 @@ def seed_pairs(paths, label="", stages=("val", "test"), split_cls=None):
 
 def plot(groups: dict, path: str):
     """groups: {label: seed_pairs(...) result} -> one panel per split, a row per group."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker.MaxNLocator below)
+    matplotlib.use("Agg")  # a file is drawn, whatever display the machine has
     fig, axes = plt.subplots(1, 2, figsize=(10, 1.6 + 0.9 * len(groups)), sharey=True)
-    for ax, stage in zip(axes, ("val", "test")):
+    for ax, stage in zip(axes, STAGES):
         for y, (label, res) in enumerate(groups.items()):
             d = np.array(res[stage])
             jitter = np.linspace(-0.25, 0.25, len(d)) if len(d) > 1 else np.zeros(1)
@@ -92,7 +94,7 @@ def plot(groups: dict, path: str):
             ax.plot([d[:, 0].mean()] * 2, [y - 0.35, y + 0.35], color="tab:red", lw=2.5,
                     label="mean over seeds" if y == 0 else None)
         ax.axvline(0, color="k", lw=0.8)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_title(f"{'validation' if stage == 'val' else 'test'} split")
         ax.set_xlabel("HR@10, other minus base (same seed)")
         ax.set_yticks(range(len(groups)), list(groups))
@@ -106,41 +108,62 @@ def plot(groups: dict, path: str):
     print(f"wrote {path} and its numbers, {Path(path).with_suffix('.json')}")
 
 
-def parse_pairs(args):
-    """argv after --pairs -> (plot path or None, {label: [checkpoint, ...]})"""
-    png, groups, label = None, {}, ""
-    i = 0
-    while i < len(args):
-        if args[i] in ("--plot", "--label") and i + 1 == len(args):
-            sys.exit(f"{args[i]}: needs a value")
-        if args[i] == "--plot":
-            png, i = args[i + 1], i + 2
-        elif args[i] == "--label":
-            label, i = args[i + 1], i + 2
-            if label in groups:
-                sys.exit(f"--label {label!r}: given twice")
-            groups[label] = []
-        else:
-            groups.setdefault(label, []).append(args[i])
-            i += 1
+def check_pairs(parser, paths, what="checkpoints"):
+    """``parser.error`` unless ``paths`` are BASE OTHER pairs; called before any evaluation,
+    which takes minutes per checkpoint."""
+    if len(paths) < 2 or len(paths) % 2:
+        parser.error(f"{what}: give BASE OTHER checkpoints, two per seed; got {len(paths)}")
+
+
+def parse_seed_pairs(name: str, doc: str, help: str, argv=None) -> list[str]:
+    """The command line of an experiment that takes BASE OTHER checkpoints, two per seed
+    (``python -m docs.experiments.NAME``): the checkpoints, checked before any evaluation."""
+    p = argparse.ArgumentParser(prog=f"python -m docs.experiments.{name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=help)
+    paths = p.parse_args(argv).checkpoints
+    check_pairs(p, paths)
+    torch.set_num_threads(2)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m docs.experiments.paired", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="ARG",
+                   help="without --pairs: STAGE (val or test), BASE, then the checkpoints compared to it; "
+                        "with --pairs: BASE OTHER checkpoints, two per seed (the group without a label)")
+    p.add_argument("--pairs", action="store_true",
+                   help="compare (BASE, OTHER) pairs, one per seed, on validation and test")
+    p.add_argument("--label", nargs="+", action="append", default=[], metavar=("NAME", "CHECKPOINT"),
+                   help="with --pairs: a group of BASE OTHER checkpoints, two per seed, named NAME "
+                        "(repeatable)")
+    p.add_argument("--plot", metavar="PNG",
+                   help="with --pairs: draw every seed's difference and each group's mean into PNG, "
+                        "their numbers into PNG with the suffix .json")
+    a = p.parse_args(argv)
+    torch.set_num_threads(2)
+    if not a.pairs:
+        if a.label or a.plot:
+            p.error("--label and --plot: only with --pairs")
+        if len(a.args) < 3 or a.args[0] not in STAGES:
+            p.error("give STAGE (val or test), BASE and at least one checkpoint to compare to it")
+        against_base(a.args[0], a.args[1:])
+        return
+    groups = {"": a.args}
+    for label, *paths in a.label:
+        if label in groups:
+            p.error(f"--label {label!r}: given twice")
+        groups[label] = paths
     groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        p.error("--pairs: give BASE OTHER checkpoints, two per seed")
     for label, paths in groups.items():  # before any evaluation, which takes minutes per group
-        if len(paths) < 2 or len(paths) % 2:
-            sys.exit(f"--pairs{f' (group {label!r})' if label else ''}: give BASE OTHER checkpoints, "
-                     f"two per seed; got {len(paths)}")
-    return png, groups
+        check_pairs(p, paths, f"--pairs{f' (group {label!r})' if label else ''}")
+    res = {label: seed_pairs(paths, f"[{label}] " if label else "") for label, paths in groups.items()}
+    if a.plot:
+        plot(res, a.plot)
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
-    if len(sys.argv) > 1 and sys.argv[1] == "--pairs":
-        png, groups = parse_pairs(sys.argv[2:])
-        if not groups:
-            sys.exit(__doc__)
-        res = {label: seed_pairs(paths, f"[{label}] " if label else "") for label, paths in groups.items()}
-        if png:
-            plot(res, png)
-    elif len(sys.argv) >= 4 and sys.argv[1] in ("val", "test"):
-        against_base(sys.argv[1], sys.argv[2:])
-    else:
-        sys.exit(__doc__)
+    main()

@@ -1,27 +1,27 @@
-"""No-training probes behind docs/EXPERIMENTS.md, "Where validation and test part ways, and a
-served blend fitted on held-out data". All on trained checkpoints, HR@10 as served.
+"""No-training probes of the popularity counts that GRank's served score mixes in, and of where
+GRank and generator_only differ (docs/EXPERIMENTS.md). All on trained checkpoints, HR@10 as
+served, on the data set the checkpoints were trained on.
 
-    python docs/experiments/popularity_probe.py beta GENONLY_s0 GRANK_s0 GENONLY_s1 GRANK_s1 ...
-        served score + beta x log1p(30-day count), beta in BETAS, means over the pairs
-    python docs/experiments/popularity_probe.py slope CKPT [CKPT ...]
+    python -m docs.experiments.popularity_probe beta GENONLY_s0 GRANK_s0 GENONLY_s1 GRANK_s1 ...
+        served score + beta x log1p(30-day count), beta in 0, 0.1, 0.2, 0.3, means over the pairs
+    python -m docs.experiments.popularity_probe slope CKPT [CKPT ...]
         how much the served score moves per unit of log1p(count) of each window, through the
         Ranker's own score r (mean over the top 50 candidates of 1,024 test users)
-    python docs/experiments/popularity_probe.py sameday GENONLY_s0 GRANK_s0 ...
+    python -m docs.experiments.popularity_probe sameday GENONLY_s0 GRANK_s0 ...
         GRank minus generator_only by the time between the newest history item and the target
 """
-import sys
+import argparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, '.')
-sys.path.insert(0, 'docs/experiments')
+from docs.experiments.paired import check_pairs, hits
+from grank.checkpoint import load_checkpoint, read
+from grank.config import Config
 from grank.data import load, split as make_split
 from grank.evaluate import generate, list_ranks, stage_batches
 from grank.popularity import LOG_SCALE, WINDOWS, RecentPopularity
-from grank.train import load_checkpoint
-from paired import hits
 
 BETAS = (0, 0.1, 0.2, 0.3)
 
@@ -41,8 +41,7 @@ def beta_hits(path, stage, sp, pop):
     return {b: np.concatenate(v) for b, v in out.items()}
 
 
-def beta(paths):
-    sp = make_split(load("ml-1m"))
+def beta(sp, paths):
     pop = RecentPopularity.from_data(sp.data)
     pairs = list(zip(paths[::2], paths[1::2]))
     for stage in ("val", "test"):
@@ -53,29 +52,29 @@ def beta(paths):
             print(f"{stage} beta {b}: base {base:.4f} other {other:.4f} (means over {len(pairs)} pairs)", flush=True)
 
 
-def slope(paths):
-    sp = make_split(load("ml-1m"))
+def slope(sp, paths):
     for path in paths:
         model, cfg, _ = load_checkpoint(path)
         ranker = model.ranker
+        if ranker is None or ranker.n_pop == 0:
+            raise SystemExit(f"{path}: slope needs a Ranker with popularity features (model.ranker_popularity)")
         with torch.no_grad():
             ids, rat, feats, _, excl, when = next(stage_batches(sp, "test", cfg.model.ranker_history, 1024))
-            table, u, _, cand = generate(model, ids, rat, feats, 50, excl)
+            table, _, _, cand = generate(model, ids, rat, feats, 50, excl)
             pop = model.candidate_popularity(when, cand)
-            args = (u, F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0)
-            base = ranker(*args, pop, own=True)
+            args = (F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0)
+            base = ranker.own_score(*args, pop)
             w_r = float(ranker.blend[0])
             for j, w in enumerate(WINDOWS):
                 moved = pop.clone()
                 moved[..., j] += 1 / LOG_SCALE  # +1 in log1p(count)
-                d = float((ranker(*args, moved, own=True) - base).mean())
+                d = float((ranker.own_score(*args, moved) - base).mean())
                 direct = float(ranker.blend[1 + j])
                 print(f"{path}: log1p({w or 'all'}-day count): r moves {d:.3f}; served score moves "
                       f"{w_r:.3f} x {d:.3f} + {direct:.3f} = {w_r * d + direct:.3f}", flush=True)
 
 
-def sameday(paths):
-    sp = make_split(load("ml-1m"))
+def sameday(sp, paths):
     d = sp.data
     pairs = list(zip(paths[::2], paths[1::2]))
     for stage in ("val", "test"):
@@ -89,9 +88,30 @@ def sameday(paths):
                   f"+- {diff[m].std(ddof=1) / np.sqrt(m.sum()):.4f}", flush=True)
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m docs.experiments.popularity_probe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="probe", required=True, metavar="PROBE")
+    pairs_help = "BASE OTHER checkpoints, two per seed (generator_only then GRank of the same seed)"
+    q = sub.add_parser("beta", help="served score + beta x log1p(30-day count), means over the pairs")
+    q.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=pairs_help)
+    q = sub.add_parser("slope", help="how much the served score moves per unit of log1p(count) of "
+                       "each window, through the Ranker's own score r")
+    q.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="checkpoints with a Ranker that reads popularity (model.ranker_popularity)")
+    q = sub.add_parser("sameday", help="GRank minus generator_only by the time between the newest "
+                       "history item and the target")
+    q.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=pairs_help)
+    a = p.parse_args(argv)
+    if a.probe != "slope":
+        check_pairs(p, a.checkpoints)
+    datasets = {Config.from_dict(read(path)["config"]).dataset for path in a.checkpoints}
+    if len(datasets) > 1:
+        p.error(f"checkpoints: trained on different data sets ({', '.join(sorted(datasets))})")
     torch.set_num_threads(2)
-    cmds = {"beta": beta, "slope": slope, "sameday": sameday}
-    if len(sys.argv) < 3 or sys.argv[1] not in cmds or (sys.argv[1] != "slope" and len(sys.argv[2:]) % 2):
-        sys.exit(__doc__)
-    cmds[sys.argv[1]](sys.argv[2:])
+    sp = make_split(load(datasets.pop()))
+    {"beta": beta, "slope": slope, "sameday": sameday}[a.probe](sp, a.checkpoints)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,20 +1,22 @@
 """How much does "what was rated in the days before the request" add to a trained Generator?
-(docs/EXPERIMENTS.md, "Popularity as of the request"). No training: the Generator's top-k1
-(MIPS) scores plus w x log1p(count) of one popularity feature of grank/popularity.py (ratings of
-the candidate in the last 7 / 30 days / all days before the request's day, training
-interactions only), re-ranked, HR@10 on validation and test; w = ALONE ranks by the count alone.
+(docs/EXPERIMENTS.md.) No training: the Generator's top-k1 (MIPS) scores plus w x log1p(count)
+of one popularity feature of grank/popularity.py (ratings of the candidate in the last 7 / 30
+days / all days before the request's day, training interactions only), re-ranked, HR@10 on
+validation and test; w = alone ranks by the count alone.
 
-    python docs/experiments/recent_popularity.py artifacts/default/generator_only/best.pt
+    python -m docs.experiments.recent_popularity artifacts/default/generator_only/best.pt
 """
-import sys
-import numpy as np, torch
-sys.path.insert(0, '.')
+import argparse
+
+import numpy as np
+import torch
+
 from grank.batches import eval_inputs, eval_times
+from grank.checkpoint import load_checkpoint
 from grank.data import load, split as make_split
 from grank.evaluate import list_ranks, metrics_from_ranks
 from grank.mips import mips_top_k, seen_mask
 from grank.popularity import LOG_SCALE, WINDOWS, RecentPopularity
-from grank.train import load_checkpoint
 
 ALONE = 1e6
 WS = [0, 0.1, 0.2, 0.3, 0.5, 1.0, ALONE]
@@ -39,12 +41,21 @@ def sweep(model, cfg, sp, pop, stage):
     return {(j, w): metrics_from_ranks(np.concatenate(r), (10,))["HR@10"] for (j, w), r in ranks.items()}
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m docs.experiments.recent_popularity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a trained checkpoint; its Generator's candidates are re-ranked "
+                   "(its Ranker, if any, is not used)")
+    a = p.parse_args(argv)
     torch.set_num_threads(2)
-    model, cfg, _ = load_checkpoint(sys.argv[1])
+    model, cfg, _ = load_checkpoint(a.checkpoint)
     data = load(cfg.dataset)
     sp, pop = make_split(data, 0), RecentPopularity.from_data(data)
     v, t = sweep(model, cfg, sp, pop, "val"), sweep(model, cfg, sp, pop, "test")
     for j, win in enumerate(WINDOWS):
         print(f"{win or 'all'} days: " + "  ".join(
             f"w={'alone' if w == ALONE else w}: {v[j, w]:.4f}/{t[j, w]:.4f}" for w in WS) + "  (val/test HR@10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,10 @@
-"""The MIPS stage against exact and index-based peers and against the machine's floor.
+"""The MIPS stage on the CPU against exact and index-based peers and against the machine's floor.
 
-One run, one machine: catalogues of the trained model's geometry (``perf.geometry``), real
-user vectors as queries, every method of ``perf.mips_methods`` at each (N, k, batch); index
-methods tuned to each recall target first. Rows go to ``docs/performance.json`` (stage
-``mips``), the report to ``docs/PERFORMANCE.md`` with plots. ``python -m perf bench [--quick]``.
+One run, one machine: catalogues of the trained model's geometry (``mipsbench.geometry``), real
+user vectors as queries, every method of ``mipsbench.methods`` at each (N, k, batch); index
+methods tuned to each recall target first. ``run`` returns the rows, ``write`` merges them into
+docs/performance.json (stage ``mips``; ``python -m perf report`` renders them).
+``python -m mipsbench cpu [--quick]``.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import numpy as np
 
 from . import floor as F
 from .geometry import fit_mixture, geometry_report, sample, trained_vectors
-from .mips_methods import EXACT, INDEXED, REDUCED, TorchTopK, recall, timed, tune
+from .measure import recall
+from .methods import EXACT, INDEXED, REDUCED, TorchTopK, timed, tune
 
 FULL = dict(sizes=(0, 1_000_000, 5_000_000), ks=(500, 2000), batches=(1, 16, 64, 256), targets=(0.95, 0.99))
 QUICK = dict(sizes=(0, 50_000), ks=(500,), batches=(1, 16), targets=(0.95,))
 
 
 def exact_ids(items, queries, k, chunk=256):
+    """The exact top-k ids [B, k] of queries [B, d] over items [N, d] (the recall reference),
+    ``chunk`` queries at a time so that the [chunk, N] score matrix stays small."""
     m = TorchTopK()
     m.build(items, k)
     return np.concatenate([m.search(queries[s:s + chunk]) for s in range(0, len(queries), chunk)])
@@ -55,7 +59,7 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
     chosen = [METHODS[m] for m in methods] if methods else list(EXACT + REDUCED + INDEXED)
     t_run = time.time()
     items_real, users, mix, geo = setting(checkpoint)
-    bw, gf = F.read_bandwidth_gbs(), F.gemm_gflops()
+    bw, gf = F.read_bandwidth_gbs(), F.gemm_gflops()  # before any index takes memory
     log(f"machine: read bandwidth {bw:.1f} GB/s, fp32 GEMM {gf:.0f} GFLOP/s")
     rows = []
     unreachable: dict[str, int] = {}  # method -> N at which even the lowest recall target failed
@@ -98,7 +102,7 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
                     r = recall(m.search(rq), exact[k])
                     for b in plan["batches"]:
                         t = timed(m, users, b, seconds)
-                        fl = F.floor_ms(n, items.shape[1], b, bw, gf)
+                        fl = F.floor_ms(items.nbytes, n, items.shape[1], b, bw, gf)
                         rows.append({"stage": "mips", "method": m.name, "N": n, "k": k, "batch": b,
                                      "qps": round(t["qps"], 1), "p50_ms": round(t["p50_ms"], 3),
                                      "p99_ms": round(t["p99_ms"], 3), "recall": round(r, 4),
@@ -128,7 +132,8 @@ def run(checkpoint, quick: bool = False, seconds: float = 1.0, recall_queries: i
 
 def result(rows: list[dict], bw: float, gf: float, geo: dict, mix: dict, day: str, seconds: float,
            quick: bool = False) -> dict:
-    return {"machine": F.machine(bw, gf),
+    """The run as docs/performance.json stores it: rates, date, geometry check, rows."""
+    return {"machine": F.measured_rates(bw, gf),
             "date": day, "quick": quick, "geometry": geo,
             "mixture": {"components": mix["k"], "shrink": mix["shrink"]},
             "seconds": round(seconds, 1), "rows": rows}
@@ -141,7 +146,7 @@ def from_partial(checkpoint, partial: Path) -> dict:
     _, _, mix, geo = setting(checkpoint)
     res = result(p["rows"], p["bw_gbs"], p["gemm_gflops"], geo, mix, p.get("date", date.today().isoformat()),
                  float("nan"))
-    res["command"] = p.get("command", "python -m perf bench")
+    res["command"] = p.get("command", "python -m mipsbench cpu")
     return res
 
 

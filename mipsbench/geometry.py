@@ -7,7 +7,8 @@ what makes graph and quantization indexes work (or not). So:
 2. fit a Gaussian mixture to the items: k-means (``k`` clusters, k-means++ seeding) gives the
    components; each gets its weight, mean and covariance, shrunk toward its diagonal
    (``shrink``) so that clusters of ~N/k points still give a positive-definite matrix;
-3. draw any number of items from that mixture (seeded), in chunks.
+3. draw any number of items from that mixture (seeded): in chunks on the CPU (``sample``), or
+   directly on a GPU (``sample_torch``, same distribution, another random stream).
 
 Queries are the real users' vectors (the trained encoder on every user's served history).
 ``geometry_report`` compares a mixture sample of the real size with the real table on the
@@ -23,7 +24,7 @@ def trained_vectors(checkpoint, max_users: int = 0):
     """(items [N, d] float32 without padding, user vectors [U, d] float32) of a checkpoint."""
     from grank.batches import eval_inputs
     from grank.data import load, split
-    from grank.train import load_checkpoint
+    from grank.checkpoint import load_checkpoint
     model, cfg, _ = load_checkpoint(checkpoint)
     data = load(cfg.dataset)
     sp = split(data)
@@ -56,6 +57,9 @@ def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
 
 
 def fit_mixture(x: np.ndarray, k: int = 32, shrink: float = 0.2, seed: int = 0) -> dict:
+    """A Gaussian mixture fitted to x [N, d]: {"weights" [k'], "means" [k', d], "chol" [k', d, d]
+    (Cholesky factors of the shrunk covariances), "k": k', "shrink"}; k' <= k, clusters of fewer
+    than 2 points are dropped."""
     a = kmeans(x, k, seed=seed)
     d = x.shape[1]
     w, mu, L = [], [], []
@@ -104,3 +108,22 @@ def geometry_report(items: np.ndarray, users: np.ndarray, mix: dict, k: int = 50
                      "top1_score_mean": float(top[:, 0].mean()),
                      f"top{k}_score_mean": float(top[:, -1].mean())}
     return out
+
+
+def sample_torch(mix: dict, n: int, device, seed: int = 0) -> torch.Tensor:
+    """n items [n, d] float32 on ``device`` from the mixture (the distribution of ``sample``,
+    another random stream): a 100M-item catalogue is drawn where it is searched instead of
+    crossing the host link. Components are drawn in one block each, then shuffled."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    w = torch.as_tensor(mix["weights"], dtype=torch.float64, device=device)
+    counts = torch.bincount(torch.multinomial(w, n, replacement=True, generator=g), minlength=len(w))
+    d = mix["means"].shape[1]
+    out = torch.empty(n, d, device=device)
+    s = 0
+    for j, c in enumerate(counts.tolist()):
+        if c:
+            mu = torch.as_tensor(mix["means"][j], dtype=torch.float32, device=device)
+            L = torch.as_tensor(mix["chol"][j], dtype=torch.float32, device=device)
+            out[s:s + c] = mu + torch.randn(c, d, generator=g, device=device) @ L.T
+            s += c
+    return out[torch.randperm(n, generator=g, device=device)]

@@ -1,11 +1,17 @@
-"""docs/PERFORMANCE.md and its plots from the MIPS benchmark rows (``perf.mips_bench``)."""
+"""The MIPS sections of docs/PERFORMANCE.md and their plots, from the rows in docs/performance.json.
+
+``sections(perf, docs)`` returns the CPU sections (``mipsbench.cpu`` rows: machine and runs,
+geometry check, a reading computed from the rows, one table per (N, k), freshness, plots) and
+the GPU ones (``mipsbench.gpu_report``) as markdown lines; ``python -m perf report`` puts them
+in the file next to the served ensemble's sections. Every number is read from a row.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from grank.mips import block_size
 
-from .ensemble_report import ensemble_markdown
+from .gpu_report import gpu_sections
 
 
 def _plots(rows, docs: Path) -> list[str]:
@@ -44,6 +50,7 @@ def _plots(rows, docs: Path) -> list[str]:
     return made
 
 
+
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -56,91 +63,12 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> s
     return path.name
 
 
-def _gpu_plot(rows, docs: Path, device: str) -> str | None:
-    """p50 latency vs N per GPU method at batch 1 and the largest batch (smallest k)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if not rows:
-        return None
-    k0 = min(r["k"] for r in rows)
-    batches = (min(r["batch"] for r in rows), max(r["batch"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, b in zip(axes, batches):
-        for m in sorted({r["method"] for r in rows}):
-            pts = sorted((r["N"], r["p50_ms"]) for r in rows if r["method"] == m and r["k"] == k0 and r["batch"] == b)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-        for prec, style in (("fp32", "k:"), ("fp16", "k--")):
-            fl = sorted((r["N"], r["floor_ms"]) for r in rows if r["precision"] == prec and r["k"] == k0
-                        and r["batch"] == b and r["method"].endswith(prec))
-            ax.plot([p[0] for p in fl], [p[1] for p in fl], style, label=f"floor {prec}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"batch {b}", fontsize=9)
-        ax.set_xlabel("catalogue size N")
-        ax.set_ylabel("p50 latency, host to host (ms)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Brute-force MIPS on {device}, k = {k0}", fontsize=10)
-    fig.tight_layout()
-    name = "mips_gpu_latency_vs_n.png"
-    fig.savefig(docs / name, dpi=120)
-    plt.close(fig)
-    return name
-
-
-def _gpu_reading(rows, budget_ms: float = 10.0) -> list[str]:
-    """Numbers a reader wants first, computed from the rows: the speed-up of the half table
-    with exact re-scoring over fp32, its recall, distance to the floor, and the largest
-    measured catalogue within a latency budget."""
-    k0 = min(r["k"] for r in rows)
-    n_max = max(r["N"] for r in rows)
-    bs = sorted({r["batch"] for r in rows})
-    at = {(r["method"], r["N"], r["batch"]): r for r in rows if r["k"] == k0}
-    out = ["Reading the rows (k = %d):" % k0, ""]
-    sp = [f"{at[('torch_cuda_fp32', n_max, b)]['p50_ms'] / at[('torch_cuda_fp16_rescore', n_max, b)]['p50_ms']:.1f}x at batch {b}"
-          for b in bs if ("torch_cuda_fp16_rescore", n_max, b) in at and ("torch_cuda_fp32", n_max, b) in at]
-    rec = [r["recall"] for r in rows if r["method"].endswith("_rescore")]
-    plain = {m: min(r["recall"] for r in rows if r["method"] == m) for m in ("torch_cuda_fp16", "torch_cuda_bf16")
-             if any(r["method"] == m for r in rows)}
-    if sp and rec:
-        out.append(f"- fp16 table + exact re-score vs fp32 at N = {n_max:,}: {', '.join(sp)}; its recall@k is "
-                   f"at least {min(rec):.4f} everywhere (without the re-score: " +
-                   ", ".join(f"{m.split('_')[-1]} >= {v:.4f}" for m, v in plain.items()) + ").")
-    big = [r for r in rows if r["k"] == k0 and r["N"] >= 5_000_000]
-    for b in (bs[0], bs[-1]):
-        fl = [r["p50_over_floor"] for r in big if r["batch"] == b]
-        if fl:
-            out.append(f"- batch {b}, N >= 5M: p50 is {min(fl):.1f} to {max(fl):.1f} times the floor.")
-    pairs = [(m[:-len("_block")], m) for m in dict.fromkeys(r["method"] for r in rows) if m.endswith("_block")]
-    for plain, blocked in pairs:
-        sp = {b: [at[(plain, n, b)]["p50_ms"] / at[(blocked, n, b)]["p50_ms"] for n in {r["N"] for r in big}
-                  if (plain, n, b) in at and (blocked, n, b) in at] for b in bs}
-        if any(sp.values()):
-            out.append(f"- {blocked} (the two-step top-k of `grank.mips.block_top_k`) vs {plain} (one "
-                       "`torch.topk`), N >= 5M: " + ", ".join(f"{min(v):.1f}-{max(v):.1f}x at batch {b}"
-                                                             for b, v in sp.items() if v) + ".")
-    for b in (bs[0], bs[len(bs) // 2]):
-        fits = {m: max((r["N"] for r in rows if r["method"] == m and r["k"] == k0 and r["batch"] == b
-                        and r["p50_ms"] <= budget_ms), default=None)
-                for m in ("torch_cuda_fp32", "torch_cuda_fp16_rescore", "torch_cuda_fp32_block",
-                          "torch_cuda_fp16_rescore_block") if any(r["method"] == m for r in rows)}
-        out.append(f"- largest measured N with p50 <= {budget_ms:g} ms at batch {b}: " +
-                   ", ".join(f"{m} {n:,}" if n else f"{m} none" for m, n in fits.items()) + ".")
-    out.append("- At large batches the floor is the GEMM at the table's rate (740+ TFLOP/s in half "
-               "precision), and one `torch.topk` over the B x N score matrix takes most of the time (timed "
-               "apart in [GPU_TOPK.md](GPU_TOPK.md)); the two-step top-k removes most of that, and what is "
-               "left is the score matrix's trip through memory: a fused score + top-k kernel that never "
-               "writes it is the next lever.")
-    return out
-
-
 EXACT_CPU = ("grank_mips", "torch_topk", "faiss_flat")
 INDEX_CPU = ("faiss_hnsw", "faiss_ivfflat", "faiss_ivfpq_refine")
 
 
 def cpu_reading(rows: list[dict], fresh: list[dict]) -> list[str]:
-    """The issue's bars and comparisons, computed from the CPU rows (never typed in):
+    """The benchmark's bars and comparisons, computed from the CPU rows (never typed in):
     fastest exact method per (N, k, batch), p50 / floor at N = 1M, k = 500, batch >= 16, the
     int8 table's speed-up and recall, and the index peers at recall >= 0.99 against the module."""
     at = {(r["method"], r["N"], r["k"], r["batch"], r["recall_target"]): r for r in rows}
@@ -162,7 +90,7 @@ def cpu_reading(rows: list[dict], fresh: list[dict]) -> list[str]:
                     lost.append(f"N={n:,} k={k} b={b}{one}: {best['method']} {best['p50_ms']:.2f} ms vs "
                                 f"grank_mips {ex['grank_mips']['p50_ms']:.2f} ms")
     why = (" Points marked (one TopK): the catalogue is too small for the two-step top-k, and ONNX Runtime's TopK kernel is "
-           "slower than torch's (SERVING.md, \"Why torch_topk is ahead at 3,706 items\")."
+           "slower than torch's ([Why torch_topk is ahead at 3,706 items](#why-torch_topk-is-ahead-at-3706-items))."
            if any("(one TopK)" in x for x in lost) else "")
     out.append(f"- **Fastest exact method** (p50): grank_mips in {total - len(lost)} of {total} (N, k, batch) "
                "points" + ("." if not lost else "; not in: " + "; ".join(lost) + "." + why))
@@ -170,7 +98,7 @@ def cpu_reading(rows: list[dict], fresh: list[dict]) -> list[str]:
           if b >= 16 and ("grank_mips", 1_000_000, 500, b, None) in at]
     if fl:
         ok = all(v <= 2 for _, v in fl)
-        out.append(f"- **Within 2x of the floor** at N = 1M, k = 500, batch >= 16: "
+        out.append("- **Within 2x of the floor** at N = 1M, k = 500, batch >= 16: "
                    + ", ".join(f"batch {b} {v:.2f}x" for b, v in fl) + (" (met)." if ok else " (**not met**)."))
     sp = []
     for n in ns:
@@ -221,78 +149,37 @@ def cpu_reading(rows: list[dict], fresh: list[dict]) -> list[str]:
     return out
 
 
-def gpu_markdown(perf: dict, docs: Path) -> list[str]:
-    lines = []
-    for device, g in perf.get("gpus", {}).items():
-        rows = [r for r in perf["rows"] if r.get("device") == device]
-        rates = ", ".join(f"{p} {t} TFLOP/s" for p, t in g["gemm_tflops"].items())
-        lines += ["", f"## MIPS stage on a GPU: {device}", "",
-                  f"Date: {g['date']}. torch {g['torch']}. Command: `{g.get('command', '')}`.  ",
-                  f"Measured in the same run: device-to-device copy {g['copy_bandwidth_gbs']} GB/s "
-                  f"(bytes read + written), dense GEMM {rates} (8192^3, best of 10; fp32 without TF32). "
-                  "Floor = max(stored table bytes / copy rate, 2·B·N·d / GEMM rate of the table's precision). "
-                  "Latency is host to host: the query batch is copied in from pinned memory and the ids "
-                  "back. Catalogues: the same mixture as the CPU runs, sampled on the device. "
-                  f"`*_rescore`: top {g['rescore_factor']}·k from the half-precision table, re-scored "
-                  "in fp32, cut to k. " + (f"`*_block`: the same with the top-k in the two exact steps of "
-                                           f"`grank.mips.block_top_k` (maxima of {g['block']} strided groups, the "
-                                           "top k groups, the top k of their scores) instead of one `torch.topk`. "
-                                           if g.get("block") else "") +
-                  "Recall@k against the fp32 top-k of 256 real users." +
-                  # said only while the rows lack it, so ONNX Runtime rows added later drop the sentence
-                  ("" if any(r["method"].startswith("grank_mips") for r in rows) else
-                   " PyTorch CUDA only: the served ONNX module was not timed on this GPU (the lent "
-                   "image's onnxruntime is the CPU build, without a CUDA execution provider)."), ""]
-        lines += _gpu_reading(rows) + [""]
-        for k in sorted({r["k"] for r in rows}):
-            bs = sorted({r["batch"] for r in rows})
-            lines += [f"### k = {k}", "",
-                      "| N | method | recall | " + " | ".join(f"p50 ms b={b}" for b in bs) +
-                      f" | QPS b={bs[-1]} | p50/floor b={bs[0]} | p50/floor b={bs[-1]} | table MB |",
-                      "|---|---|---|" + "---|" * (len(bs) + 4)]
-            for n in sorted({r["N"] for r in rows}):
-                for m in dict.fromkeys(r["method"] for r in rows):
-                    by_b = {r["batch"]: r for r in rows if r["N"] == n and r["k"] == k and r["method"] == m}
-                    if not by_b:
-                        continue
-                    r0, r1 = by_b[bs[0]], by_b[bs[-1]]
-                    lines.append(f"| {n:,} | {m} | {r0['recall']:.4f} | " +
-                                 " | ".join(f"{by_b[b]['p50_ms']:.3f}" for b in bs) +
-                                 f" | {r1['qps']:,.0f} | {r0['p50_over_floor']:.1f} | {r1['p50_over_floor']:.1f} | "
-                                 f"{r0['memory_mb']:,.1f} |")
-            lines.append("")
-        png = _gpu_plot(rows, docs, device)
-        if png:
-            lines += [f"![{png}]({png})", ""]
-    return lines
+def sections(perf: dict, docs: Path) -> list[str]:
+    """Markdown lines of the MIPS sections (CPU, then one per GPU) of ``perf`` (the contents of
+    docs/performance.json); plots are written into ``docs``."""
+    return cpu_sections(perf, docs) + gpu_sections(perf, docs)
 
 
-def markdown(perf: dict, docs: Path) -> str:
-    cpu = [r for r in perf["rows"] if r["stage"].startswith("mips") and not r.get("device")]
+def cpu_sections(perf: dict, docs: Path) -> list[str]:
+    """The CPU MIPS section: the rows without a ``device``, with the rates of every run."""
+    cpu = [r for r in perf.get("rows", []) if r["stage"].startswith("mips") and not r.get("device")]
     if not cpu:
-        return "\n".join(["# Performance", "",
-                          "CPU MIPS benchmark: not run yet (`make bench`; `make bench-quick` for a smoke run)."]
-                         + gpu_markdown(perf, docs) + ensemble_markdown(perf, docs)) + "\n"
+        return ["## MIPS stage", "",
+                "CPU MIPS benchmark: not run yet (`make bench`; `make bench-quick` for a smoke run)."]
     rows = [r for r in perf["rows"] if not r.get("device")]
     m = perf["machine"]
-    lines = ["# Performance", "",
+    lines = ["## MIPS stage", "",
              f"Machine: {m['cpu']}, {m['cores']} threads; measured read bandwidth "
              f"{m['read_bandwidth_gbs']} GB/s, fp32 GEMM {m['gemm_gflops']} GFLOP/s "
-             f"(best of 5, `perf/floor.py`). Date: {perf.get('mips_date')}. This section: CPU only; each row's floor "
-             "uses the rates measured by its own run.", "",
+             f"(best of 5, `mipsbench/floor.py`). Date: {perf.get('mips_date')}. This section: CPU only; each "
+             "row's floor uses the rates measured by its own run.", "",
              "Runs (each measures the machine's rates first):", ""]
     for r in perf.get("mips_runs") or [{"command": perf.get("mips_command"), "date": perf.get("mips_date"),
                                         "sizes": [], "note": "", **m}]:
         lines.append(f"- `{r['command']}` ({r['date']}; N = {', '.join(f'{n:,}' for n in r['sizes'])}; "
                      f"{r['read_bandwidth_gbs']} GB/s, {r['gemm_gflops']} GFLOP/s)" + (f": {r['note']}" if r["note"] else ""))
     lines += ["",
-             "## MIPS stage", "",
-             "Item vectors: the trained table (N = 3,706) or draws from a Gaussian mixture fitted to it "
-             f"({perf['mixture']['components']} k-means components, covariances shrunk "
-             f"{perf['mixture']['shrink']:.0%} toward their diagonals); queries: the real users' "
-             "served vectors. Geometry check (real table vs a mixture sample of the same size, "
-             "scored by 1,000 real users):", "",
-             "| table | item norm | score mean | score std | top-1 score | top-500 score |", "|---|---|---|---|---|---|"]
+              "Item vectors: the trained table (N = 3,706) or draws from a Gaussian mixture fitted to it "
+              f"({perf['mixture']['components']} k-means components, covariances shrunk "
+              f"{perf['mixture']['shrink']:.0%} toward their diagonals); queries: the real users' "
+              "served vectors. Geometry check (real table vs a mixture sample of the same size, "
+              "scored by 1,000 real users):", "",
+              "| table | item norm | score mean | score std | top-1 score | top-500 score |", "|---|---|---|---|---|---|"]
     for name, g in perf["geometry"].items():
         lines.append(f"| {name} | {g['item_norm_mean']:.3f} | {g['score_mean']:.3f} | {g['score_std']:.3f} | "
                      f"{g['top1_score_mean']:.3f} | {g['top500_score_mean']:.3f} |")
@@ -324,6 +211,4 @@ def markdown(perf: dict, docs: Path) -> str:
             lines.append(f"- {r['method']} N = {r['N']:,}" + (
                 f", k = {r['k']}: recall {r['recall_target']} not reached on its grid (best {r['best_recall']})"
                 if r["stage"] == "mips_unreached" else f": not run ({r['reason']})"))
-    lines += gpu_markdown(perf, docs)
-    lines += ensemble_markdown(perf, docs)
-    return "\n".join(lines) + "\n"
+    return lines

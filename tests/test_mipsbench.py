@@ -1,11 +1,15 @@
-"""The MIPS benchmark's pieces (issue #4): exact methods agree with brute force, index methods
-are tuned to a MEASURED recall, synthetic catalogues keep the geometry they were fitted to."""
+"""The MIPS benchmark's pieces (``mipsbench``): exact methods agree with brute force, index
+methods are tuned to a MEASURED recall, synthetic catalogues keep the geometry they were fitted
+to, runs merge by method and catalogue, the report's bars are computed from the rows; and the
+investigations in docs/experiments check their forms agree before they time them."""
 import numpy as np
 import pytest
+import torch
 
-from perf.floor import floor_ms
-from perf.geometry import fit_mixture, sample
-from perf.mips_methods import EXACT, INDEXED, REDUCED, TorchTopK, recall, timed, tune
+from mipsbench.floor import floor_ms, measured_rates
+from mipsbench.geometry import fit_mixture, sample
+from mipsbench.measure import best_seconds, latency, recall
+from mipsbench.methods import EXACT, INDEXED, REDUCED, TorchTopK, timed, tune
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +73,44 @@ def test_mixture_sample_keeps_the_geometry(clustered):
 
 def test_floor_is_the_larger_of_bandwidth_and_compute():
     # 1M x 64 fp32 = 256 MB at 64 GB/s = 4 ms; batch 1: 128 MFLOP at 100 GFLOP/s = 1.28 ms
-    assert floor_ms(1_000_000, 64, 1, 64, 100) == pytest.approx(4.0)
-    assert floor_ms(1_000_000, 64, 256, 64, 100) == pytest.approx(327.68)
+    table = 1_000_000 * 64 * 4
+    assert floor_ms(table, 1_000_000, 64, 1, 64, 100) == pytest.approx(4.0)
+    assert floor_ms(table, 1_000_000, 64, 256, 64, 100) == pytest.approx(327.68)
+    # a half-precision table streams half the bytes: 2 ms
+    assert floor_ms(table // 2, 1_000_000, 64, 1, 64, 100) == pytest.approx(2.0)
+
+
+def test_measured_rates_keep_the_row_field_names():
+    """Rows of docs/performance.json name their machine by these fields; old rows must still read."""
+    m = measured_rates(25.24, 70.01)
+    assert set(m) == {"cpu", "cores", "read_bandwidth_gbs", "gemm_gflops"}
+    assert (m["read_bandwidth_gbs"], m["gemm_gflops"]) == (25.2, 70.0) and m["cores"] >= 1
+
+
+def test_recall_is_a_set_overlap_on_numpy_and_torch():
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    got = np.array([[4, 3, 9, 1], [0, 10, 11, 12]])
+    assert recall(got, exact) == pytest.approx((3 / 4 + 0) / 2)
+    assert recall(torch.from_numpy(got), torch.from_numpy(exact)) == recall(got, exact)
+    # an id returned twice counts once (faiss pads missing results with -1, never a real id)
+    assert recall(np.array([[1, 1, -1, -1]]), np.array([[1, 2, 3, 4]])) == pytest.approx(0.25)
+
+
+def test_latency_and_best_seconds_time_what_they_are_given():
+    import time
+    calls = []
+    t = latency(lambda s, e: (calls.append((s, e)), time.sleep(0.002)), n_rows=10, batch=4, min_seconds=0.0,
+                max_calls=50, min_calls=5)
+    assert t["calls"] == 5 and calls[:3] == [(0, 4), (4, 8), (2, 6)]  # consecutive slices, wrapped
+    assert 2 <= t["p50_ms"] <= t["p99_ms"] and t["qps"] == pytest.approx(4 / (t["p50_ms"] / 1e3), rel=0.5)
+    synced = []
+    assert 0.002 <= best_seconds(lambda: time.sleep(0.002), repeats=3, sync=lambda: synced.append(1)) < 0.1
+    assert len(synced) == 4  # the warm-up call is synchronised too
 
 
 def test_mixture_sample_memory_stays_linear_in_the_output(clustered):
-    """Regression: sampling once gathered an [n, d, d] float64 Cholesky stack (32 GB at 1M x 64)."""
+    """Sampling goes per component: gathering a Cholesky factor per item would be an [n, d, d]
+    float64 stack (32 GB at 1M x 64)."""
     import tracemalloc
     items, _ = clustered
     mix = fit_mixture(items, k=8)
@@ -97,7 +133,7 @@ def test_runs_merge_by_method_and_catalogue(tmp_path):
     (method, N, k) replaces them; GPU rows and other stages are kept; every run is listed."""
     import json
 
-    from perf.mips_bench import write
+    from mipsbench.cpu import write
     r = lambda m, n, q, **kw: {"stage": "mips", "method": m, "N": n, "k": 500, "batch": 1, "qps": q, **kw}  # noqa: E731
     p = tmp_path / "performance.json"
     p.write_text(json.dumps({"rows": [r("torch_cuda_fp16", 10**6, 9.0, device="GPU"),
@@ -111,7 +147,6 @@ def test_runs_merge_by_method_and_catalogue(tmp_path):
     assert any(x.get("device") for x in d["rows"]) and any(x["stage"] == "ensemble" for x in d["rows"])
     assert [x["command"] for x in d["mips_runs"]] == ["run A", "run B", "run C"]
     assert d["mips_runs"][1]["note"] == "5M only" and d["mips_runs"][1]["read_bandwidth_gbs"] == 21.0
-    # a later run at another k for the same method and size adds rows, it does not replace k = 500
     # a later run at another k for the same method and size adds timing rows, it does not replace
     # k = 500; its freshness row (per catalogue) replaces the older one
     fresh = lambda k, s: {"stage": "mips_freshness", "method": "grank_mips", "N": 5 * 10**6, "k": k,  # noqa: E731
@@ -127,7 +162,7 @@ def test_runs_merge_by_method_and_catalogue(tmp_path):
 def test_reading_computes_the_bars_from_the_rows():
     """The report's bar lines are computed, never typed: fastest exact method, 2x floor at 1M,
     the int8 speed-up and recall, index peers at recall 0.99."""
-    from perf.mips_report import cpu_reading
+    from mipsbench.report import cpu_reading
 
     def row(m, n, b, p50, floor, target=None, recall=1.0, **kw):
         return {"stage": "mips", "method": m, "N": n, "k": 500, "batch": b, "qps": b / p50 * 1e3, "p50_ms": p50,
@@ -154,10 +189,10 @@ def test_reading_computes_the_bars_from_the_rows():
 
 
 def test_graph_ab_forms_agree_before_timing(capsys):
-    """perf.mips_graph_ab exports every form of the MIPS graph it times (one TopK, the two steps
-    with sorted / unsorted first step, contiguous groups, int8) and refuses to time forms whose
-    answers differ: all agree here, up to ties."""
-    from perf.mips_graph_ab import main
+    """docs/experiments/mips_graph_ab.py exports every form of the MIPS graph it times (one TopK,
+    the two steps with sorted / unsorted first step, contiguous groups, int8) and refuses to time
+    forms whose answers differ: all agree here, up to ties."""
+    from docs.experiments.mips_graph_ab import main
     main(["--graphs", "plain", "block", "block_unsorted", "contiguous", "int8", "--items", "4000", "--k", "50",
           "--history", "8", "--batches", "2", "--seconds", "0.01", "--rounds", "1"])
     timed_graphs = {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
@@ -165,8 +200,8 @@ def test_graph_ab_forms_agree_before_timing(capsys):
 
 
 def test_topk_kernels_agree_before_timing(capsys):
-    """perf.topk_kernels: ONNX Runtime's TopK (sorted and not) returns torch.topk's set."""
-    from perf.topk_kernels import main
+    """docs/experiments/topk_kernels.py: ONNX Runtime's TopK (sorted and not) returns torch.topk's set."""
+    from docs.experiments.topk_kernels import main
     main(["--n", "300", "--ks", "20", "--batches", "1", "4", "--seconds", "0.01", "--rounds", "1"])
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[:2] for r in rows] == [["20", "1"], ["20", "4"]]
@@ -176,8 +211,37 @@ def test_topk_kernels_agree_before_timing(capsys):
 def test_bench_without_a_checkpoint_says_how_to_get_one(tmp_path, capsys):
     """A fresh clone has no trained model: `make bench-quick` must say what is missing and how to
     make it, not print a bare errno."""
-    from perf.__main__ import main
+    from mipsbench.__main__ import main
     missing = tmp_path / "none" / "best.pt"
-    assert main(["bench", "--quick", "--checkpoint", str(missing), "--docs", str(tmp_path)]) != 0
+    assert main(["cpu", "--quick", "--checkpoint", str(missing), "--docs", str(tmp_path),
+                 "--partial", str(tmp_path / "partial.json")]) != 0
     err = capsys.readouterr().err
     assert str(missing) in err and "make train" in err
+    assert main(["vectors", "--checkpoint", str(missing), "--out", str(tmp_path / "v.npz")]) != 0
+    assert "make train" in capsys.readouterr().err and not (tmp_path / "v.npz").exists()
+    assert not (tmp_path / "performance.json").exists()  # nothing measured, nothing written
+
+
+def test_cpu_run_on_a_trained_checkpoint_merges_measured_rows(tiny_trained, tmp_path, capsys):
+    """`python -m mipsbench cpu` end to end on a tiny trained model: real catalogue, the served
+    module and torch, rows with a floor and a recall, the command recorded; `vectors` writes
+    what a GPU run needs."""
+    import json
+
+    from mipsbench.__main__ import main
+    _, cfg, out, _ = tiny_trained
+    args = ["cpu", "--checkpoint", str(out / "best.pt"), "--quick", "--sizes", "0", "--ks", "20",
+            "--methods", "grank_mips", "torch_topk", "--seconds", "0.01", "--docs", str(tmp_path / "docs"),
+            "--partial", str(tmp_path / "partial.json"), "--note", "smoke"]
+    assert main(args) == 0
+    assert "python -m perf report --docs" in capsys.readouterr().out
+    perf = json.loads((tmp_path / "docs" / "performance.json").read_text())
+    rows = [r for r in perf["rows"] if r["stage"] == "mips"]
+    assert {(r["method"], r["batch"]) for r in rows} == {(m, b) for m in ("grank_mips", "torch_topk") for b in (1, 16)}
+    for r in rows:
+        assert r["k"] == 20 and r["recall"] > 0.99 and r["floor_ms"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+    assert perf["mips_runs"][0]["command"].startswith("python -m mipsbench cpu --checkpoint")
+    assert perf["mips_runs"][0]["note"] == "smoke" and perf["machine"]["gemm_gflops"] > 0
+    assert main(["vectors", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "v.npz")]) == 0
+    v = np.load(tmp_path / "v.npz")
+    assert v["items"].shape[1] == v["users"].shape[1] == cfg.model.d_model and v["items"].dtype == np.float32

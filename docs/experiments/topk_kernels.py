@@ -4,10 +4,12 @@ sorted and unsorted, timed alternately in one process with 2 threads each.
 
 At the real catalogue (N = 3,706, padded score rows of 3,707) the MIPS benchmark's scan is a
 small matmul and the top-k is most of the time, so this is where the served module's gap to
-``torch_topk`` comes from (docs/SERVING.md, "Why torch_topk is ahead at 3,706 items").
+``torch_topk`` comes from (docs/PERFORMANCE.md, "Why torch_topk is ahead at 3,706 items").
 
-    python -m perf.topk_kernels                     # N = 3,707, k 500 / 2000, batch 1 / 16 / 256
-    python -m perf.topk_kernels --n 31251 --ks 500   # the first step of the two-step top-k at 1M
+Run from the repository root:
+
+    python -m docs.experiments.topk_kernels                     # N = 3,707, k 500 / 2000, batch 1 / 16 / 256
+    python -m docs.experiments.topk_kernels --n 31251 --ks 500   # the first step of the two-step top-k at 1M
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import argparse
 import numpy as np
 import torch
 
-from .mips_methods import cpu_session, latency
+from mipsbench.measure import latency
+from mipsbench.methods import cpu_session
 
 
 def ort_topk(k: int, sorted_: bool, threads: int):
@@ -33,13 +36,14 @@ def ort_topk(k: int, sorted_: bool, threads: int):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m perf.topk_kernels", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m docs.experiments.topk_kernels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=3707, help="columns of the score rows (N + 1 with padding)")
-    ap.add_argument("--ks", type=int, nargs="+", default=[500, 2000])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
+    ap.add_argument("--ks", type=int, nargs="+", default=[500, 2000], help="k values")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256], help="score rows per call")
     ap.add_argument("--seconds", type=float, default=1.0, help="timing window per kernel, batch and round")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per batch")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads of both ONNX Runtime and torch")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     x = np.random.default_rng(0).standard_normal((max(a.batches), a.n)).astype(np.float32)

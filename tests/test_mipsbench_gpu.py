@@ -1,15 +1,18 @@
-"""The GPU MIPS benchmark's pieces (issue #4): the chunked top-k and the reduced-precision
-methods are checked on the CPU against brute force; the merge keeps other machines' rows. The
-benchmark itself needs CUDA and is run there (``python -m perf.gpu_mips``)."""
+"""The GPU MIPS benchmark's pieces (``mipsbench.gpu``): the chunked top-k and the
+reduced-precision methods are checked on the CPU against brute force; the merge keeps other
+machines' rows and the report shows them. The benchmark itself needs CUDA and is run there
+(``python -m mipsbench gpu``)."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from perf import gpu_mips as G
-from perf.geometry import fit_mixture
-from perf.mips_report import markdown
+from mipsbench import gpu as G
+from mipsbench.floor import floor_ms
+from mipsbench.geometry import fit_mixture, sample_torch
+from mipsbench.measure import recall
+from mipsbench.report import sections
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def test_chunked_top_k_equals_one_pass(data, monkeypatch):
     monkeypatch.setattr(G, "MAX_SCORE_ELEMS", 32 * 700)  # forces 9 chunks, the last one short
     s, i = G.topk_chunked(q, items, 100)
     torch.testing.assert_close(s, ref_s)
-    assert G.recall(i, ref_i) == 1.0  # random floats: no ties at the cut
+    assert recall(i, ref_i) == 1.0  # random floats: no ties at the cut
 
 
 @pytest.mark.parametrize("max_elems", [1 << 30, 32 * 3200])  # one pass; chunks of 100 blocks + a short tail
@@ -42,21 +45,15 @@ def test_block_top_k_methods_equal_one_pass(data, monkeypatch, max_elems):
     s, i = G.topk_chunked(q, items, 50, block=True)
     assert calls  # the two-step top-k ran
     torch.testing.assert_close(s, ref_s)
-    assert G.recall(i, ref_i) == 1.0
-
-
-def test_recall_counts_the_overlap():
-    exact = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
-    got = torch.tensor([[4, 3, 9, 1], [0, 10, 11, 12]])
-    assert G.recall(got, exact) == pytest.approx((3 / 4 + 0) / 2)
+    assert recall(i, ref_i) == 1.0
 
 
 def test_rescoring_recovers_what_half_precision_loses(data):
     items, q = data
     exact = (q @ items.T).topk(200, dim=1).indices
-    plain = G.Method("bf16", items, torch.bfloat16).search(q, 200)
-    rescored = G.Method("bf16_rescore", items, torch.bfloat16, rescore=True).search(q, 200)
-    r_plain, r_res = G.recall(plain, exact), G.recall(rescored, exact)
+    plain = G.GpuMethod("bf16", items, torch.bfloat16).search(q, 200)
+    rescored = G.GpuMethod("bf16_rescore", items, torch.bfloat16, rescore=True).search(q, 200)
+    r_plain, r_res = recall(plain, exact), recall(rescored, exact)
     assert r_plain < 1.0  # bf16 keeps 8 bits of mantissa: near-ties at the cut swap
     assert r_res > r_plain and r_res > 0.999
 
@@ -64,7 +61,7 @@ def test_rescoring_recovers_what_half_precision_loses(data):
 def test_device_sample_has_the_mixture_geometry(data):
     items, _ = data
     mix = fit_mixture(items.numpy(), k=8)
-    s = G.sample_torch(mix, 20000, "cpu", seed=1)
+    s = sample_torch(mix, 20000, "cpu", seed=1)
     assert s.shape == (20000, 16)
     np.testing.assert_allclose(s.mean(0).numpy(), items.mean(0).numpy(), atol=0.1)
     assert abs(s.norm(dim=1).mean() / items.norm(dim=1).mean() - 1) < 0.05
@@ -72,9 +69,9 @@ def test_device_sample_has_the_mixture_geometry(data):
 
 def test_floor_is_the_slower_of_streaming_and_compute():
     # 1M x 64 fp32 = 256 MB at 1000 GB/s = 0.256 ms; batch 1 compute is far below that
-    assert G.floor_ms(256_000_000, 1_000_000, 64, 1, 1000.0, 50.0) == pytest.approx(0.256)
+    assert floor_ms(256_000_000, 1_000_000, 64, 1, 1000.0, 50_000.0) == pytest.approx(0.256)
     # batch 256: 2*256*1e6*64 FLOPs at 50 TFLOP/s = 0.655 ms > streaming
-    assert G.floor_ms(256_000_000, 1_000_000, 64, 256, 1000.0, 50.0) == pytest.approx(0.65536)
+    assert floor_ms(256_000_000, 1_000_000, 64, 256, 1000.0, 50_000.0) == pytest.approx(0.65536)
 
 
 def test_merge_keeps_other_rows_and_reports(tmp_path):
@@ -86,18 +83,37 @@ def test_merge_keeps_other_rows_and_reports(tmp_path):
            "memory_mb": 0.1, "precision": "fp16", "device": "Fake GPU", "recall_target": None, "params": {}}
     res = {"device": "Fake GPU", "date": "2026-01-01", "copy_bandwidth_gbs": 1000.0,
            "gemm_tflops": {"fp32": 50.0, "fp16": 500.0, "bf16": 500.0}, "rescore_factor": 2,
-           "torch": "x", "command": "python -m perf.gpu_mips", "rows": [row]}
+           "torch": "x", "command": "python -m mipsbench gpu", "rows": [row]}
     p = G.write(res, docs)
     G.write(res, docs)  # idempotent: the same device's rows are replaced, not duplicated
     perf = json.loads(p.read_text())
     assert perf["rows"] == [cpu_row, row] and "Fake GPU" in perf["gpus"]
-    md = markdown(perf, docs)
+    md = "\n".join(sections(perf, docs))
     assert "## MIPS stage on a GPU: Fake GPU" in md and "| 1,000 | torch_cuda_fp16 | 0.9900 |" in md
     assert "not run yet" in md  # no CPU MIPS rows: said, not invented
+    assert "onnxruntime on 2026-01-01 was the CPU build" in md  # no ONNX Runtime rows: why, dated
+    assert (docs / "mips_gpu_latency_vs_n.png").stat().st_size > 0
+
+
+def test_cli_merge_and_gpu_refusals(tmp_path, capsys):
+    """`mipsbench merge` merges a finished run; a missing file, or `gpu` without CUDA or without
+    its vectors file, is an error that says what to run instead."""
+    from mipsbench.__main__ import main
+    res = {"device": "Fake GPU", "date": "2026-01-01", "copy_bandwidth_gbs": 1.0, "gemm_tflops": {"fp32": 1.0},
+           "rescore_factor": 2, "torch": "x", "command": "python -m mipsbench gpu", "rows": []}
+    (tmp_path / "gpu_mips.json").write_text(json.dumps(res))
+    assert main(["merge", str(tmp_path / "gpu_mips.json"), "--docs", str(tmp_path / "docs")]) == 0
+    assert "Fake GPU" in json.loads((tmp_path / "docs" / "performance.json").read_text())["gpus"]
+    assert "python -m perf report --docs" in capsys.readouterr().out
+    assert main(["merge", str(tmp_path / "none.json"), "--docs", str(tmp_path / "docs")]) == 2
+    assert "mipsbench gpu" in capsys.readouterr().err
+    assert main(["gpu", "--vectors", str(tmp_path / "none.npz"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert ("no CUDA device" in err) if not torch.cuda.is_available() else ("mipsbench vectors" in err)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmark: python -m perf.gpu_mips)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmark: python -m mipsbench gpu)")
 def test_gpu_run_small(tmp_path, data):
     items, q = data
     v = tmp_path / "v.npz"

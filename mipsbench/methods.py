@@ -1,10 +1,12 @@
-"""MIPS top-k methods measured side by side: the project's served module and its peers.
+"""MIPS top-k methods measured side by side on the CPU: the served module and its peers.
 
-Every method: ``build(items [N, d] float32, k)`` then ``search(queries [B, d]) -> ids [B, k]``
-(0-based rows of ``items``), ``params`` (the knob tuned for recall, if any) and
+Every method: ``build(items [N, d] float32, k)`` then ``search(queries [B, d] float32) -> ids
+[B, k] int64`` (0-based rows of ``items``), ``params`` (the knob tuned for recall, if any) and
 ``memory_bytes``. ``grank_mips`` is the exported ONNX graph exactly as served
 (``export.onnx_models.MipsTopK``: table constant, padding + history exclusion, TopK), run by
 ONNX Runtime with an all-padding history so that its answer is the plain exact top-k.
+``tune`` picks the cheapest setting of an index method that reaches a recall target;
+``timed`` measures a method's latency.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .measure import latency, recall
+
 THREADS = os.cpu_count() or 1
-# history_ids columns passed to the MIPS module (its scatter of R ids per user is timed too). The
-# rows of docs/performance.json were measured with 256, the history served then; the repository
-# now serves 128 (grank.config.ServeConfig), a difference invisible next to the catalogue scan.
+# history_ids columns passed to the MIPS module, so that its scatter of R ids per user is timed
+# too: the history the default repository serves (grank.config.ServeConfig keeps the trained
+# 256), which every CPU row of docs/performance.json was measured with.
 SERVED_HISTORY = 256
 
 
@@ -264,11 +268,6 @@ REDUCED = (GrankMipsInt8,)  # approximate scan, exact scores of what it returns
 INDEXED = (FaissHNSW, FaissIVFFlat, FaissIVFPQRefine)
 
 
-def recall(got: np.ndarray, exact: np.ndarray) -> float:
-    """Mean |got ∩ exact| / k over queries."""
-    return float(np.mean([len(set(g.tolist()) & set(e.tolist())) / len(e) for g, e in zip(got, exact)]))
-
-
 def tune(method: Method, queries: np.ndarray, exact: np.ndarray, target: float):
     """The cheapest grid value whose recall@k reaches ``target`` (grid is ordered by cost
     within each k_factor); returns (value, recall) or (None, best recall seen)."""
@@ -280,22 +279,6 @@ def tune(method: Method, queries: np.ndarray, exact: np.ndarray, target: float):
         if r >= target:
             return v, r
     return None, best
-
-
-def latency(call, n_rows: int, batch: int, min_seconds: float, max_calls: int, min_calls: int = 5) -> dict:
-    """Time ``call(start, stop)`` (one search over rows start:stop of the queries) on
-    consecutive ``batch``-row slices for ``min_seconds`` (at least ``min_calls`` calls, at most
-    ``max_calls``). Returns QPS (rows/s), p50 and p99 latency in ms, and the number of calls."""
-    lat, t_end, i = [], time.perf_counter() + min_seconds, 0
-    while (time.perf_counter() < t_end or len(lat) < min_calls) and len(lat) < max_calls:
-        s = (i * batch) % max(1, n_rows - batch)
-        t = time.perf_counter()
-        call(s, s + batch)
-        lat.append(time.perf_counter() - t)
-        i += 1
-    lat = np.array(lat) * 1e3
-    return {"qps": batch * len(lat) / (lat.sum() / 1e3), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}
 
 
 def timed(method: Method, queries: np.ndarray, batch: int, min_seconds: float = 1.0,

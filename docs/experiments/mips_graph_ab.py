@@ -1,6 +1,6 @@
 """A/B of forms of the served MIPS graph, timed alternately in one process with ONNX Runtime
-(2 threads) on a large table, after checking that they give the same answers. Results in
-docs/SERVING.md.
+(2 threads) on a large table, after checking that they give the same answers. Results and
+conclusions in docs/PERFORMANCE.md ("The two-step top-k").
 
 Graphs (``--graphs``):
 - ``before``: the form exported until 2026-11-23 (scores divided by tau after the MatMul,
@@ -10,11 +10,13 @@ Graphs (``--graphs``):
   groups of ``grank.mips.BLOCK``; what ``MipsTopK`` exports for large catalogues);
 - ``block_unsorted``: ``block`` with its first top-k (of the group maxima) unsorted (measured
   slower: the second top-k then meets its best candidates in random order);
-- ``contiguous``: the two steps over contiguous groups (the first form tried);
+- ``contiguous``: the two steps over contiguous groups (``contiguous_top_k``);
 - ``int8`` / ``int8_block``: ``export.mips_int8`` with one TopK / the two steps on its scan.
 
-    python -m perf.mips_graph_ab                                  # before vs plain (2026-11-23)
-    python -m perf.mips_graph_ab --graphs plain block int8 int8_block --checkpoint CKPT
+Run from the repository root:
+
+    python -m docs.experiments.mips_graph_ab                       # before vs plain (2026-11-23)
+    python -m docs.experiments.mips_graph_ab --graphs plain block int8 int8_block --checkpoint CKPT
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ from grank.config import make_config
 from grank.mips import BLOCK, block_top_k, mips_scores, topk_disagreements
 from grank.signatures import MIPS, signatures
 
-from .gpu_topk_breakdown import contiguous_top_k
-from .mips_methods import cpu_session, latency
+from docs.experiments.gpu_topk_breakdown import contiguous_top_k
+from mipsbench.measure import latency
+from mipsbench.methods import cpu_session
 
 NEG_INF = float("-inf")
 GRAPHS = ("before", "plain", "block", "block_unsorted", "contiguous", "int8", "int8_block")
@@ -68,6 +71,8 @@ class MipsTopKTwoStep(MipsTopK):
 
 
 def build(name: str, table: torch.Tensor, k: int, sig, arrays: dict, folder: Path) -> Path:
+    """Export graph ``name`` (``GRAPHS``) of table [N + 1, d] (row 0: padding) and top ``k`` to
+    ``folder``/``name``.onnx with the served MIPS signature ``sig``; ``arrays``: example inputs."""
     path = folder / f"{name}.onnx"
     if name.startswith("int8"):
         import onnx
@@ -84,21 +89,23 @@ def build(name: str, table: torch.Tensor, k: int, sig, arrays: dict, folder: Pat
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m perf.mips_graph_ab", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["before", "plain"])
-    ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--k", type=int, default=500)
-    ap.add_argument("--history", type=int, default=256)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap = argparse.ArgumentParser(prog="python -m docs.experiments.mips_graph_ab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["before", "plain"],
+                    help="graph forms to check against each other and time, alternately")
+    ap.add_argument("--items", type=int, default=1_000_000, help="catalogue size N (the table has N + 1 rows)")
+    ap.add_argument("--k", type=int, default=500, help="candidates per user")
+    ap.add_argument("--history", type=int, default=256, help="history ids excluded per user")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="users per call")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing window per graph, batch and round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per batch")
     ap.add_argument("--checkpoint", help="sample the table from this model's item geometry and query "
                                          "with its users (default: standard normal table and queries)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     d = 64
     if a.checkpoint:
-        from .geometry import fit_mixture, sample, trained_vectors
+        from mipsbench.geometry import fit_mixture, sample, trained_vectors
         items, users = trained_vectors(a.checkpoint)
         d = items.shape[1]
         body = sample(fit_mixture(items, k=32), a.items)
@@ -111,11 +118,11 @@ def main(argv=None) -> None:
     cfg = make_config("default", overrides={"model.d_model": d, "eval.k1": a.k, "eval.k2": 1, "eval.ks": (1,),
                                             "model.ranker_history": a.history, "serve.k1": 0, "serve.history": 0})
     sig = signatures(cfg)[MIPS]
-    folder = Path(tempfile.mkdtemp())
     sessions = {}
-    for name in a.graphs:
-        path = build(name, table, a.k, sig, {"user_embedding": q[:2], "history_ids": hist[:2]}, folder)
-        sessions[name] = cpu_session(str(path), 2)
+    with tempfile.TemporaryDirectory() as folder:  # a 1M-item graph is 256 MB: not left behind
+        for name in a.graphs:
+            path = build(name, table, a.k, sig, {"user_embedding": q[:2], "history_ids": hist[:2]}, Path(folder))
+            sessions[name] = cpu_session(str(path), 2)
     feed = {"user_embedding": q[:8], "history_ids": hist[:8]}
     outs = {n: s.run(None, feed) for n, s in sessions.items()}
     ref_name, (ref_ids, ref_sc) = next(iter(outs.items()))

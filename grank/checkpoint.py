@@ -1,0 +1,96 @@
+"""Checkpoints: the one place that writes, reads and rebuilds a trained model.
+
+Export, serving tools, clients, perf and evaluation load a model through this module, never
+through the training code. A checkpoint is a ``torch.save`` dict:
+
+- ``format_version``: int, ``FORMAT_VERSION`` of the code that wrote it. A checkpoint of
+  another version is refused with both versions named: configs and state dicts change between
+  versions, and guessing how an older model was trained would serve it wrongly;
+- ``config``: ``Config.to_dict()``: the model is rebuilt from this alone;
+- ``model``: the state dict (the Ranker's ``blend`` buffer included);
+- ``data_fingerprint``: ``grank.data.fingerprint`` of the data it was trained on;
+- ``optimizer``, ``scheduler``, ``torch_rng``, ``numpy_rng``, ``state``: what resuming needs;
+- ``blend``: the summary of the served blend's fit (``grank.blend``), once it was fitted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .cli import InputError
+from .config import Config, served_config, with_serving
+from .data import Interactions, fingerprint
+from .model import GRank
+from .popularity import RecentPopularity
+
+# 2 (2026-12-06): the Ranker always scores on its own (no ``model.ranker_score``), without the
+# options removed that day; it has a ``blend`` buffer. 1: every checkpoint written before.
+FORMAT_VERSION = 2
+
+HINT = ("train one first (`make train PRESET=default` writes artifacts/default/grank/best.pt, "
+        "`make demo` artifacts/fast/grank/best.pt) or pass the path of an existing best.pt")
+
+
+def build_model(cfg: Config, data: Interactions) -> GRank:
+    """A freshly initialised network for ``cfg`` over ``data``'s catalogue (its popularity
+    counts only where the Ranker uses them)."""
+    pop = RecentPopularity.from_data(data) if cfg.model.ranker and cfg.model.ranker_popularity else None
+    return GRank(cfg.model, data.n_items, data.user_feat_sizes, data.item_genres, data.item_year, pop)
+
+
+def save(path: str | Path, state: dict) -> None:
+    """Write ``state`` (the keys of the module doc, ``format_version`` added) atomically: an
+    interrupted save never corrupts the last good checkpoint."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    tmp.replace(path)
+
+
+def check_version(version, what: str) -> None:
+    """Refuse a checkpoint (or a training summary) written by another format version."""
+    version = 1 if version is None else version  # version 1 did not record itself
+    if version != FORMAT_VERSION:
+        raise InputError(f"{what}: checkpoint format version {version}, this code reads version "
+                         f"{FORMAT_VERSION}; retrain it with this code (or use the release that wrote it)")
+
+
+def read(path: str | Path) -> dict:
+    """The checkpoint dict at ``path``, its format version checked; a missing file is a
+    ``FileNotFoundError`` that says how to get one (every command that reads a model starts here)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file; {HINT}")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    check_version(ck.get("format_version"), str(path))
+    return ck
+
+
+def load_checkpoint(path: str | Path, data: Interactions | None = None, serving: dict | None = None,
+                    served: bool = False):
+    """Rebuild (model in eval mode, config, checkpoint dict) from a checkpoint file alone, at
+    the trained shape, or with ``served`` at the shape the repository serves (``cfg.serve``).
+    ``serving``: serving-only overrides on top (``config.SERVING_KEYS``, e.g.
+    ``{"eval.k1": 1000}``), applied to the returned config and to the model (a shorter history
+    uses the newest slots' weights). ``data``: the data set, when the caller has it loaded."""
+    from .data import load
+    ck = read(path)
+    cfg = Config.from_dict(ck["config"])
+    data = data if data is not None else load(cfg.dataset)
+    if ck["data_fingerprint"] != fingerprint(data):
+        raise ValueError(f"{path}: trained on different {cfg.dataset} data "
+                         f"({ck['data_fingerprint']} vs {fingerprint(data)})")
+    model = build_model(cfg, data)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    if served or serving:
+        cfg = served_config(cfg, serving) if served else with_serving(cfg, serving)
+        model.cfg = cfg.model
+    return model, cfg, ck
+
+
+def served_config_of(path: str | Path) -> tuple[Config, bool]:
+    """(the config a checkpoint is served with, whether its blend was fitted), without
+    rebuilding the model or loading its data."""
+    ck = read(path)
+    return served_config(Config.from_dict(ck["config"])), "blend" in ck
