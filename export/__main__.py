@@ -12,13 +12,7 @@ def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | N
     """Export + Polygraphy parity on real users, printed; exits non-zero on a mismatch."""
     from .build import export_checkpoint
     t0 = time.time()
-    from grank.cli import InputError
-    try:
-        ex = export_checkpoint(checkpoint, out, users, seed, serving=serving)
-    except InputError:
-        raise  # says what is wrong itself (grank.cli.run prints it)
-    except ValueError as e:
-        raise SystemExit(f"error: --set: {e}")
+    ex = export_checkpoint(checkpoint, out, users, seed, serving=serving)
     for name, p in ex.paths.items():
         status = "parity OK" if not ex.problems[name] else f"{len(ex.problems[name])} PROBLEMS"
         print(f"{name:20s} {p}  ({p.stat().st_size / 2**20:.2f} MiB)  {status} on {users} real users")

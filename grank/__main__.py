@@ -56,7 +56,8 @@ def main(argv=None) -> int:
         common(p, variant=False)
         p.add_argument("--artifacts", default="artifacts")
         p.add_argument("--rows", default=None, help="comma-separated subset of rows")
-        p.add_argument("--retrain", action="store_true")
+        p.add_argument("--retrain", action="store_true",
+                       help="train every row again from scratch, even where a finished run exists")
         p.add_argument("--note", default="", help="a sentence printed under the protocol "
                        "(e.g. how the rows were run)")
         p.add_argument("--docs", default="docs" if name == "results" else "artifacts/demo-docs")
@@ -86,13 +87,7 @@ def main(argv=None) -> int:
         from .data import load, split
         from .evaluate import evaluate_model
         from .checkpoint import load_checkpoint
-        from .cli import InputError
-        try:
-            model, cfg, _ = load_checkpoint(a.checkpoint, serving=dict(a.set or ()), served=a.served)
-        except InputError:
-            raise
-        except ValueError as e:
-            raise SystemExit(f"error: --set: {e}")
+        model, cfg, _ = load_checkpoint(a.checkpoint, serving=dict(a.set or ()), served=a.served)
         res = evaluate_model(model, split(load(cfg.dataset)), a.stage, cfg.eval, filtered=not a.unfiltered)
         print(json.dumps(res, indent=1))
         return 0

@@ -48,21 +48,29 @@ def save(path: str | Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def check_version(version, what: str) -> None:
-    """Refuse a checkpoint (or a training summary) written by another format version."""
+# where the code that reads an older format lives
+FORMATS = {1: "tag ranker-recipes-2026-12-06 (commit 311b61e)"}
+
+
+def check_version(version, what: str, fix: str = "retrain it with this code") -> None:
+    """Refuse a checkpoint (or a training summary) written by another format version; ``fix``
+    says what to do instead, in the words of the caller (a command-line flag, ...)."""
     version = 1 if version is None else version  # version 1 did not record itself
     if version != FORMAT_VERSION:
+        other = (f"the code of {FORMATS[version]} reads it" if version in FORMATS
+                 else "newer code wrote it")
         raise InputError(f"{what}: checkpoint format version {version}, this code reads version "
-                         f"{FORMAT_VERSION}; retrain it with this code (or use the release that wrote it)")
+                         f"{FORMAT_VERSION}; {fix} ({other})")
 
 
-def read(path: str | Path) -> dict:
-    """The checkpoint dict at ``path``, its format version checked; a missing file is a
-    ``FileNotFoundError`` that says how to get one (every command that reads a model starts here)."""
+def read(path: str | Path, fix: str = "retrain it with this code") -> dict:
+    """The checkpoint dict at ``path``, its format version checked (``fix``: what the error
+    tells the user to do about another version); a missing file is a ``FileNotFoundError`` that
+    says how to get one (every command that reads a model starts here)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file; {HINT}")
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    check_version(ck.get("format_version"), str(path))
+    check_version(ck.get("format_version"), str(path), fix)
     return ck
 
 
@@ -78,13 +86,16 @@ def load_checkpoint(path: str | Path, data: Interactions | None = None, serving:
     cfg = Config.from_dict(ck["config"])
     data = data if data is not None else load(cfg.dataset)
     if ck["data_fingerprint"] != fingerprint(data):
-        raise ValueError(f"{path}: trained on different {cfg.dataset} data "
+        raise InputError(f"{path}: trained on different {cfg.dataset} data "
                          f"({ck['data_fingerprint']} vs {fingerprint(data)})")
     model = build_model(cfg, data)
     model.load_state_dict(ck["model"])
     model.eval()
     if served or serving:
-        cfg = served_config(cfg, serving) if served else with_serving(cfg, serving)
+        try:
+            cfg = served_config(cfg, serving) if served else with_serving(cfg, serving)
+        except ValueError as e:  # a --set of a command line: says which setting and why
+            raise InputError(f"serving setting: {e}") from e
         model.cfg = cfg.model
     return model, cfg, ck
 

@@ -7,7 +7,7 @@ an unknown key or a value of the wrong type is an error, never silently ignored.
 Presets:
 - ``tiny``: seconds on a laptop, for tests (works on ML-100K or synthetic data);
 - ``fast``: a few minutes on 2 CPU cores, for the demo;
-- ``default``: the real MovieLens-1M run (fits the 60-minute CPU budget with room to spare).
+- ``default``: the real MovieLens-1M run (trains in well under an hour on a 2-core CPU).
 
 Ablations are switches on the same config (see ``VARIANTS``), so every results row is trained
 and evaluated by the same code.
@@ -61,7 +61,7 @@ class TrainConfig:
     # (L_NTP, L_SA-info, L_CA-info). Adam normalises each parameter's update, so the auxiliary
     # heads (aux MLP, Ranker) learn at full speed whatever their weight; the weight only sets how
     # hard they pull on the SHARED item table and Transformer. At 1/1/1 they slowed L_NTP. 0.03
-    # for L_SA-info won on validation over three seeds against 0.1, which still pulled half as
+    # for L_SA-info won on validation in two of three seeds against 0.1, which still pulled half as
     # hard as L_NTP on the Transformer (docs/EXPERIMENTS.md). L_CA-info's 0.1 reaches only the
     # Ranker: its loss never updates the shared table (grank.train.losses).
     loss_weights: tuple = (1.0, 0.03, 0.1)

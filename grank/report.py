@@ -47,7 +47,8 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
     stale = True
     if summary_path.exists() and not retrain:
         summary = json.loads(summary_path.read_text())
-        check_version(summary.get("format_version"), f"{summary_path} (--retrain trains it again)")
+        check_version(summary.get("format_version"), str(summary_path),
+                      fix="--retrain trains the row again, or use another --artifacts")
         stale = effective_dict(Config.from_dict(summary["config"])) != effective_dict(cfg)
     if stale:
         summary = train(cfg, data, out, resume=not retrain)

@@ -8,9 +8,10 @@ Losses (all InfoNCE with temperature tau, weights ``train.loss_weights``):
 - L_SA-info: training-only auxiliary tokens, one for the target and one for each of
   ``aux_negatives`` in-batch negatives (other users' targets), attend to the history and to
   themselves; score = <token output, item vector> / tau, the target must win.
-- L_CA-info: the Ranker scores the target against hard negatives sampled from the Generator's
-  own current top ``ranker_hard_pool`` (what it sees when served) plus uniform random items.
-After the last epoch, ``train.fit_blend`` fits the served mix of a fused Ranker on validation
+- L_CA-info: the Ranker's own score of the target against hard negatives sampled from the
+  Generator's own current top ``ranker_hard_pool`` (what it sees when served) plus uniform random
+  items, at the newest slot; it trains the Ranker alone (the shared table is read, never updated).
+After the last epoch, ``train.fit_blend`` fits the Ranker's served mix on validation
 (``grank.blend``).
 """
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
     last = out / "last.pt"
     trained_config = cfg.to_dict()
     if resume and last.exists():
-        ck = read(last)
+        ck = read(last, fix="start over with --no-resume (or resume=False), or train into a new --out")
         if effective_dict(Config.from_dict(ck["config"])) != effective_dict(cfg):
             raise ValueError(f"{last} was trained with another config; use a new --out or --no-resume")
         model.load_state_dict(ck["model"])

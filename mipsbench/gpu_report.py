@@ -96,7 +96,9 @@ def gpu_sections(perf: dict, docs: Path) -> list[str]:
             continue
         rates = ", ".join(f"{p} {t} TFLOP/s" for p, t in g["gemm_tflops"].items())
         lines += ["", f"## MIPS stage on a GPU: {device}", "",
-                  f"Date: {g['date']}. torch {g['torch']}. Command: `{g.get('command', '')}`.  ",
+                  f"Date: {g['date']}. torch {g['torch']}. Command: `{g.get('command', '')}`"
+                  + (" (as recorded: `python -m perf.gpu_mips` became `python -m mipsbench gpu` on 2026-12-06)"
+                     if g.get("command", "").startswith("python -m perf.") else "") + ".  ",
                   f"Measured in the same run: device-to-device copy {g['copy_bandwidth_gbs']} GB/s "
                   f"(bytes read + written), dense GEMM {rates} (8192^3, best of 10; fp32 without TF32). "
                   "Floor = max(stored table bytes / copy rate, 2·B·N·d / GEMM rate of the table's precision). "

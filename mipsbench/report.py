@@ -168,7 +168,8 @@ def cpu_sections(perf: dict, docs: Path) -> list[str]:
              f"{m['read_bandwidth_gbs']} GB/s, fp32 GEMM {m['gemm_gflops']} GFLOP/s "
              f"(best of 5, `mipsbench/floor.py`). Date: {perf.get('mips_date')}. This section: CPU only; each "
              "row's floor uses the rates measured by its own run.", "",
-             "Runs (each measures the machine's rates first):", ""]
+             "Runs (each measures the machine's rates first; commands as recorded: before 2026-12-06 the "
+             "benchmark was `python -m perf bench`, now `python -m mipsbench cpu` with the same flags):", ""]
     for r in perf.get("mips_runs") or [{"command": perf.get("mips_command"), "date": perf.get("mips_date"),
                                         "sizes": [], "note": "", **m}]:
         lines.append(f"- `{r['command']}` ({r['date']}; N = {', '.join(f'{n:,}' for n in r['sizes'])}; "

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from grank.cli import InputError
 from mipsbench.report import sections as mips_sections
 
 from .ensemble_report import ensemble_markdown
@@ -22,12 +23,16 @@ MARKER = ("<!-- generated: everything below this line is written by python -m pe
 
 def write_generated(path: Path, generated: str) -> Path:
     """Replace what follows ``MARKER`` in ``path`` with ``generated``, keeping every byte above
-    the marker line; a file without the marker (or no file) gets the marker at the top, then
-    ``generated``. The only writer of PERFORMANCE.md. The marker counts only as a line of its
-    own, so hand-written text may quote it."""
+    the marker line; a new file gets the marker at the top, then ``generated``. A file without
+    the marker is refused: all of it may be hand-written. The only writer of PERFORMANCE.md. The
+    marker counts only as a line of its own, so hand-written text may quote it."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
     at = re.search("^" + re.escape(MARKER) + r"[ \t]*$", old, flags=re.M)
+    if old and not at:
+        raise InputError(f"{path} has no marker line, so regenerating it would overwrite what may be "
+                         f"hand-written: put this line where the generated part starts (everything above "
+                         f"it is kept), or delete the file: {MARKER}")
     kept = old[:at.start()] if at else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(kept + MARKER + "\n\n" + generated.strip("\n") + "\n")

@@ -50,7 +50,7 @@ VARIANTS = {
 # test-split quality of its shape beside its speed.
 # Names say what changes from the trained shape (k1 500 over R 256). The repository serves k1_200
 # (grank.config.ServeConfig): 200 candidates keep the HR@10 of 500 at about 1.3x the throughput,
-# while a 128-item history costs the Ranker quality (k1_200_history128 was served until 2026-11-24).
+# while a 128-item history costs the Ranker quality (k1_200_history128 was served until 2026-11-23, with the residual Ranker of that time).
 SHAPES = {
     "trained_shape": {"eval.k1": 500, "model.ranker_history": 256},
     "k1_200": {"eval.k1": 200, "model.ranker_history": 256},

@@ -35,7 +35,9 @@ def test_another_format_is_refused_naming_both_versions(tiny_trained, ml100k, tm
     _, _, out, _ = tiny_trained
     path = _older(out / "best.pt", tmp_path / "other.pt", version)
     found = 1 if version is None else version
-    want = rf"other.pt: checkpoint format version {found}, this code reads version {FORMAT_VERSION}; retrain"
+    where = r"the code of tag ranker-recipes-2026-12-06 \(commit 311b61e\) reads it" if found == 1 else "newer code wrote it"
+    want = (rf"other.pt: checkpoint format version {found}, this code reads version {FORMAT_VERSION}; "
+            rf"retrain it with this code \({where}\)")
     with pytest.raises(ValueError, match=want):
         load_checkpoint(path, ml100k)
     with pytest.raises(ValueError, match=want):
@@ -46,7 +48,8 @@ def test_resuming_a_run_of_another_format_is_refused(tiny_trained, ml100k, tiny_
     from grank.train import train
     _, _, out, _ = tiny_trained
     _older(out / "last.pt", tmp_path / "last.pt")
-    with pytest.raises(ValueError, match=f"last.pt: checkpoint format version 1, this code reads version {FORMAT_VERSION}"):
+    with pytest.raises(ValueError, match=f"last.pt: checkpoint format version 1, this code reads version "
+                                         f"{FORMAT_VERSION}; start over with --no-resume"):
         train(tiny_cfg, ml100k, tmp_path, progress=False)
     # --no-resume starts over instead
     assert train(tiny_cfg, ml100k, tmp_path, progress=False, resume=False)["format_version"] == FORMAT_VERSION
@@ -61,7 +64,8 @@ def test_results_refuse_a_row_of_another_format(tiny_trained, tmp_path):
     row.mkdir(parents=True)
     old = {k: v for k, v in summary.items() if k != "format_version"}
     (row / "train.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"train.json \(--retrain trains it again\): checkpoint format version 1"):
+    with pytest.raises(ValueError, match=r"train.json: checkpoint format version 1, this code reads version 2; "
+                                         r"--retrain trains the row again"):
         run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
 
 
@@ -91,3 +95,12 @@ def test_the_tools_print_the_format_error_without_a_traceback(command, tiny_trai
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"error: {ck}: checkpoint format version 1, this code reads version {FORMAT_VERSION}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_bad_serving_setting_is_an_input_error_naming_it(tiny_trained, ml100k):
+    """--set of `grank evaluate` / `export`: an error the command line prints as is, naming the
+    setting; any other failure while loading stays a bug with its traceback."""
+    from grank.cli import InputError
+    _, _, out, _ = tiny_trained
+    with pytest.raises(InputError, match="serving setting: model.d_model: not a serving setting"):
+        load_checkpoint(out / "best.pt", ml100k, serving={"model.d_model": 8})

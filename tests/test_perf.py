@@ -3,6 +3,8 @@ log, exact command and plot behind; tune records its rows; the report rewrites o
 generated part of PERFORMANCE.md."""
 import json
 
+import pytest
+
 from client.grank_client import GRankClient
 from perf.sweep import sweep, write_input_data
 
@@ -181,16 +183,17 @@ def test_ensemble_rows_say_which_ranker_and_day_they_measured(tmp_path):
 
 def test_report_keeps_the_hand_written_part_and_rewrites_the_rest(tmp_path):
     """PERFORMANCE.md: text above the marker line is kept byte for byte, everything below it is
-    regenerated; a file without the marker gets it at the top."""
+    regenerated; a new file gets the marker at the top; a file without it is refused and kept."""
     from perf.report import MARKER, write_generated
     md = tmp_path / "PERFORMANCE.md"
     assert MARKER == ("<!-- generated: everything below this line is written by python -m perf report "
                       "from docs/performance.json -->")
     write_generated(md, "## Old\n\nold rows\n")  # no file yet
     assert md.read_text() == MARKER + "\n\n## Old\n\nold rows\n"
-    md.write_text("# An old report without the marker\n")
-    write_generated(md, "## Old\n")
-    assert md.read_text() == MARKER + "\n\n## Old\n"
+    md.write_text("# A report without the marker\n")
+    with pytest.raises(ValueError, match="has no marker line, so regenerating it would overwrite"):
+        write_generated(md, "## Old\n")
+    assert md.read_text() == "# A report without the marker\n"
     summary = "# Performance\n\nHand-written: the served ensemble needs 3 machines.\n" \
               f"A quoted marker is not one: `{MARKER}`\n\n"
     md.write_text(summary + MARKER + "\n\n## Old\n\nstale rows\n")

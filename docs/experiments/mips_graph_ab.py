@@ -30,14 +30,13 @@ import torch
 
 from export.onnx_models import MipsTopK, export_one
 from grank.config import make_config
-from grank.mips import BLOCK, block_top_k, mips_scores, topk_disagreements
+from grank.mips import BLOCK, NEG_INF, block_top_k, mips_scores, topk_disagreements
 from grank.signatures import MIPS, signatures
 
 from docs.experiments.gpu_topk_breakdown import contiguous_top_k
 from mipsbench.measure import latency
 from mipsbench.methods import cpu_session
 
-NEG_INF = float("-inf")
 GRAPHS = ("before", "plain", "block", "block_unsorted", "contiguous", "int8", "int8_block")
 
 
