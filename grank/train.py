@@ -97,6 +97,7 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
         s[:, 1:] = s[:, 1:].masked_fill(cand[:, 1:] == target[:, None], MASKED)
         out["sa"] = F.cross_entropy(s, torch.zeros(B, dtype=torch.long), reduction="none").mean()
         total = total + tc.loss_weights[1] * out["sa"]
+    n = 0  # windows that train the Ranker
     if model.ranker is not None:
         # L_CA-info at the newest slot, whose U output is the served user vector: the Ranker
         # sees the whole long history, as when served at the time of the newest item. It reads
@@ -107,7 +108,7 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
         v_ids, v_rat = hist_ids[keep], hist_rat[keep]                     # [n, R]
         v_emb, v_time = emb[keep].detach(), batch["hist_times"][keep, -1]  # [n, R, d], [n]
         n = len(tgt)
-    if model.ranker is not None and n:
+    if n:
         with torch.no_grad():
             # hard negatives: the Generator's own current top list, as it would be served
             gl = F.pad(logits[keep, -1].detach(), (1, 0), value=MASKED)  # [n, N+1] by dense id

@@ -1,8 +1,8 @@
 """Installed as ``triton_python_backend_utils.py`` in the embedded server's Python backend.
 
 The wheel's Python backend stub embeds Python with an isolated configuration (pybind11), which
-ignores PYTHONPATH: it would import the BASE interpreter's site-packages (on our machines a
-numpy 2.x, with which the Python backend silently returns empty outputs) instead of this
+ignores PYTHONPATH: it would import the BASE interpreter's site-packages (where that has numpy
+2.x, the Python backend silently returns empty outputs) instead of this
 project's venv. The stub imports this module before any model, so it is the first moment to
 put the venv (passed in PYTHONPATH by ``serve.server``) in front, check numpy, and then run
 the wheel's original module (``triton_python_backend_utils_wheel.py``) in this namespace.
