@@ -6,16 +6,25 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
+DATASET ?= ml-1m
 PRESET ?= default
 VARIANT ?= grank
 DEMO_PRESET ?= fast
 SEED ?= 0
 THREADS ?= 0
+SETTINGS ?=
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?= -rs -q
 TRITON_IMAGE ?= nvcr.io/nvidia/tritonserver:24.10-py3
-CHECKPOINT ?= $(ARTIFACTS)/$(PRESET)/grank/best.pt
-REPOSITORY ?= model_repository
+# ML-1M runs live in ARTIFACTS/PRESET/VARIANT, other data sets' in ARTIFACTS/DATASET/PRESET/VARIANT
+# (grank.report.run_dir); only the default ML-1M model is built into the committed repository
+RUNS = $(if $(filter ml-1m,$(DATASET)),$(ARTIFACTS),$(ARTIFACTS)/$(DATASET))
+CHECKPOINT ?= $(RUNS)/$(PRESET)/grank/best.pt
+REPOSITORY ?= $(if $(filter ml-1m,$(DATASET)),model_repository,$(ARTIFACTS)/$(DATASET)/model_repository)
+# your own files: `make demo DATASET=shop INTERACTIONS=events.csv [ITEMS_FILE=...] [USERS_FILE=...]`
+INTERACTIONS ?=
+ITEMS_FILE ?=
+USERS_FILE ?=
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
@@ -31,7 +40,9 @@ STAMP := $(VENV)/.setup-stamp
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
-	@echo "Variables (override with make VAR=value): PRESET=$(PRESET) VARIANT=$(VARIANT) SEED=$(SEED)"
+	@echo "Variables (override with make VAR=value): DATASET=$(DATASET) PRESET=$(PRESET) VARIANT=$(VARIANT) SEED=$(SEED)"
+	@echo "  SETTINGS=$(SETTINGS) (extra config overrides of train-all/evaluate, e.g. SETTINGS='--set train.epochs=4')"
+	@echo "  INTERACTIONS=$(INTERACTIONS) ITEMS_FILE=$(ITEMS_FILE) USERS_FILE=$(USERS_FILE) (build DATASET from your files)"
 	@echo "  DEMO_PRESET=$(DEMO_PRESET) THREADS=$(THREADS) ARTIFACTS=$(ARTIFACTS) PY=$(PY)"
 	@echo "  CHECKPOINT=$(CHECKPOINT) REPOSITORY=$(REPOSITORY)"
 	@echo "  HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) METRICS_PORT=$(METRICS_PORT) CONCURRENCY=$(CONCURRENCY)"
@@ -57,11 +68,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 setup-gpu: setup ## Optional: TensorRT 10.x for GPU machines (several GB)
 	$(PY) -m pip install -q -r requirements-gpu.txt
 
-data: setup ## Preprocess MovieLens-1M into the cache (artifacts/data)
-	$(PY) -m grank data --dataset ml-1m
+data: setup ## Build DATASET into the cache (artifacts/data): a built-in one, or yours from INTERACTIONS (+ ITEMS_FILE, USERS_FILE)
+	$(if $(INTERACTIONS),$(PY) -m grank data --interactions $(INTERACTIONS) $(if $(ITEMS_FILE),--items $(ITEMS_FILE)) $(if $(USERS_FILE),--users $(USERS_FILE)) --name $(DATASET),$(PY) -m grank data --dataset $(DATASET))
 
-train: setup ## Train one model (PRESET=default|fast|tiny, VARIANT=grank|sasrec|...) into $(ARTIFACTS)/PRESET/VARIANT
-	$(PY) -m grank train --preset $(PRESET) --variant $(VARIANT) --seed $(SEED) --threads $(THREADS) --out $(ARTIFACTS)/$(PRESET)/$(VARIANT)
+train: setup ## Train one model (DATASET, PRESET=default|fast|tiny, VARIANT=grank|sasrec|...) into $(RUNS)/PRESET/VARIANT
+	$(PY) -m grank train --dataset $(DATASET) --preset $(PRESET) --variant $(VARIANT) --seed $(SEED) --threads $(THREADS) --out $(RUNS)/$(PRESET)/$(VARIANT)
 
 NEURAL_ROWS := grank generator_only generator_ranker_no_aux generator_aux sasrec
 JOBS ?= 2
@@ -70,16 +81,17 @@ train-all: setup ## Train every neural results row, JOBS at a time with 1 thread
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix train-row-,$(NEURAL_ROWS)) THREADS=1
 
 train-row-%:
-	@mkdir -p $(ARTIFACTS)
-	$(PY) -m grank train --preset $(PRESET) --variant $* --seed $(SEED) --threads $(THREADS) --out $(ARTIFACTS)/$(PRESET)/$* > $(ARTIFACTS)/$(PRESET)-$*.log 2>&1 || (tail -5 $(ARTIFACTS)/$(PRESET)-$*.log; exit 1)
+	@mkdir -p $(RUNS)
+	$(PY) -m grank train --dataset $(DATASET) --preset $(PRESET) --variant $* --seed $(SEED) --threads $(THREADS) $(SETTINGS) --out $(RUNS)/$(PRESET)/$* > $(RUNS)/$(PRESET)-$*.log 2>&1 || (tail -5 $(RUNS)/$(PRESET)-$*.log; exit 1)
 
-evaluate: train-all ## Train missing rows (train-all), evaluate every row; writes docs/results.json and docs/RESULTS.md
-	$(PY) -m grank results --preset $(PRESET) --seed $(SEED) --artifacts $(ARTIFACTS) \
+evaluate: train-all ## Train missing rows (train-all), evaluate every row; writes DATASET's section of docs/results.json and docs/RESULTS.md
+	$(PY) -m grank results --dataset $(DATASET) --preset $(PRESET) --seed $(SEED) --artifacts $(ARTIFACTS) $(SETTINGS) \
 	  --note "Rows trained $(JOBS) at a time (make train-all), one torch thread each: each training had one core of the machine."
 
-demo: setup ## Everything: train (DEMO_PRESET, minutes), evaluate, export, serve on Triton, query gRPC+HTTP, perf sweep
-	$(PY) -m grank demo --preset $(DEMO_PRESET) --seed $(SEED) --artifacts $(ARTIFACTS)
-	$(PY) -m serve.demo --checkpoint $(ARTIFACTS)/$(DEMO_PRESET)/grank/best.pt --repository $(REPOSITORY) \
+demo: setup ## Everything on DATASET: (your files,) train (DEMO_PRESET, minutes), evaluate, export, serve on Triton, query gRPC+HTTP, perf sweep
+	$(if $(INTERACTIONS),$(MAKE) --no-print-directory data)
+	$(PY) -m grank demo --dataset $(DATASET) --preset $(DEMO_PRESET) --seed $(SEED) --artifacts $(ARTIFACTS)
+	$(PY) -m serve.demo --checkpoint $(RUNS)/$(DEMO_PRESET)/grank/best.pt --repository $(REPOSITORY) \
 	  --artifacts $(ARTIFACTS) --concurrency $(CONCURRENCY)
 
 export: setup ## Export CHECKPOINT to ONNX (+ Polygraphy parity on real users) into $(ARTIFACTS)/export
@@ -103,7 +115,7 @@ serve-container: ## Serve REPOSITORY in the NGC container on a GPU (needs Docker
 	  -v $(CURDIR)/$(REPOSITORY):/models $(TRITON_IMAGE) tritonserver --model-repository=/models
 
 selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 50 real users
-	$(PY) -m client selfcheck --grpc-url localhost:$(GRPC_PORT) --http-url localhost:$(HTTP_PORT) --checkpoint $(CHECKPOINT)
+	$(PY) -m serve.selfcheck --grpc-url localhost:$(GRPC_PORT) --http-url localhost:$(HTTP_PORT) --checkpoint $(CHECKPOINT)
 
 perf: setup ## perf_analyzer concurrency sweep (CONCURRENCY) against a running server; CSV + plot in $(ARTIFACTS)/perf
 	$(PY) -m perf sweep --url localhost:$(GRPC_PORT) --concurrency $(CONCURRENCY) --out $(ARTIFACTS)/perf

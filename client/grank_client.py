@@ -1,39 +1,42 @@
-"""A small library over ``tritonclient`` for the ``grank`` ensemble.
+"""A small library over ``tritonclient`` for the ``grank`` ensemble; needs only ``tritonclient``
+and ``numpy`` (no torch, no model, no local data set).
 
-- maps MovieLens ids to the model's dense ids and back, and carries titles;
-- builds requests from a MovieLens user id (their newest R ratings) or from an explicit list
-  of movie ids; tensor names, dtypes and shapes come from ``grank.signatures`` and the
-  server's own model metadata (R and k2 are read from the server, never assumed);
-- carries the request's time (``request_time``, Unix seconds) where the served Ranker counts
-  popularity before it: for a MovieLens user the time of the newest rating sent (a replay, as
-  the offline evaluation does), for an explicit history the caller's ``request_time`` or the
-  clock; a model version without that input gets none;
-- checks every request before sending it (``grank.validation``: the same checks the server's
-  ``grank_validate`` step applies) and raises ``ValueError`` naming the field and constraint;
-- ``recommend_async`` is the asyncio variant (``tritonclient.grpc.aio`` / ``.http.aio``).
+Everything comes from the server: the history length R, k2 and the batch limit from the
+ensemble's config, the id type (int64 or strings) from its input datatype, and the data set's
+schema (event names, user features and their values, padding id) from its ``schema``
+parameter. Requests carry the caller's own item ids and responses return them, with display
+names (the ensemble maps them to the model's dense ids and back).
 
-    >>> c = GRankClient("localhost:8001", protocol="grpc")          # doctest: +SKIP
-    >>> c.recommend_users([1, 2], k=10)[0][0]                       # doctest: +SKIP
-    Recommendation(movie_id=..., title='...', score=...)
+- ``recommend(history, events=None, user_features=None, k=10, request_time=None)``: one user;
+  ``history`` the caller's item ids, oldest first; ``events`` names or codes per item (default:
+  the data set's first strong event, e.g. a rating of 4 on MovieLens); ``user_features`` a
+  dict name -> value or code (unknown names are an error; a missing feature is sent as code 0:
+  "unknown" for data sets built from files, the first value for MovieLens's profiles);
+- ``request(...)`` builds the arrays (checked with ``grank.validation``, the checks the server
+  runs), ``infer(arrays)`` sends any batch, ``recommend_async`` is the asyncio variant.
+
+    >>> c = GRankClient("localhost:8001", protocol="grpc")                # doctest: +SKIP
+    >>> c.recommend([260, 1196, 1210], events=["5", "5", "5"], k=3)       # doctest: +SKIP
+    [Recommendation(item_id=1198, name='Raiders of the Lost Ark (1981)', score=...), ...]
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from grank.data import Interactions
-from grank.signatures import ENSEMBLE, N_USER_FEATURES, REQUEST_TIME, signatures
-from grank.validation import check_request, limits_dict
+from grank.signatures import ENSEMBLE, REQUEST_TIME
+from grank.validation import PADDING_INT, PADDING_STR, check_request
 
-DEFAULT_RATING = 4  # explicit histories without ratings: "liked" (the model's high-rating pool is >= 4)
+OUTPUTS = ("item_ids", "item_names", "scores")
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    movie_id: int
-    title: str
+    item_id: object   # the data set's own id: int, or str for string catalogues
+    name: str
     score: float
 
 
@@ -54,17 +57,10 @@ def _module(protocol: str, aio: bool = False):
 class GRankClient:
     """Client for one server. ``url`` is host:port of the gRPC or HTTP endpoint."""
 
-    def __init__(self, url: str, protocol: str = "grpc", data: Interactions | None = None,
-                 model: str = ENSEMBLE, timeout_s: float = 30.0):
+    def __init__(self, url: str, protocol: str = "grpc", model: str = ENSEMBLE, timeout_s: float = 30.0):
         self.url, self.protocol, self.model, self.timeout_s = url, protocol, model, timeout_s
         self._m = _module(protocol)
         self.client = self._m.InferenceServerClient(url)
-        if data is None:
-            from grank.data import load
-            data = load("ml-1m")
-        self.data = data
-        self._dense = {int(m): i for i, m in enumerate(data.item_movie_ids) if i > 0}
-        self._user = {int(u): i for i, u in enumerate(data.user_ids)}
         cfg = self.client.get_model_config(model, as_json=True) if protocol == "grpc" else \
             self.client.get_model_config(model)
         cfg = cfg.get("config", cfg)
@@ -72,96 +68,131 @@ class GRankClient:
         dims = {t["name"]: [int(x) for x in t["dims"]] for t in cfg["input"] + cfg["output"]}
         self.history_length = dims["history_ids"][0]
         self.k2 = dims["item_ids"][0]
-        self.input_names = [t["name"] for t in cfg["input"]]  # in the server's order
+        # the server's order and wire types (TYPE_STRING is BYTES on the wire)
+        self.wire = {t["name"]: t["data_type"].replace("TYPE_", "").replace("STRING", "BYTES")
+                     for t in cfg["input"]}
+        self.input_names = list(self.wire)
         self.needs_time = REQUEST_TIME in self.input_names
-        self.limits = limits_dict(data.n_items, self.history_length, data.user_feat_sizes, self.needs_time)
+        self.strings = self.wire["history_ids"] == "BYTES"
+        params = cfg.get("parameters", {})
+        if "schema" not in params:
+            raise ValueError(f"model {model!r} on {url} has no 'schema' parameter: not a grank ensemble "
+                             "built by this version (`python -m export repository`)")
+        self.schema = json.loads(params["schema"]["string_value"])
+        self.events = list(self.schema["events"])
+        self.features = self.schema["user_features"]
+        self.limits = {"n_items": self.schema["n_items"], "history_length": self.history_length,
+                       "n_events": len(self.events), "user_feature_sizes": [f["size"] for f in self.features],
+                       "request_time": self.needs_time}
 
     # ---- building requests ------------------------------------------------------------
-    def user_request(self, user_ids, exclude_last: int = 0) -> dict:
-        """Arrays for MovieLens ``user_ids``: each user's newest R ratings (before dropping the
-        ``exclude_last`` newest ones, e.g. 1 to hide the test item) and profile."""
-        rows = []
-        for uid in user_ids:
-            if int(uid) not in self._user:
-                raise ValueError(f"user_id: {uid} is not a MovieLens user of {self.data.name} "
-                                 f"(valid: {min(self._user)}..{max(self._user)})")
-            u = self._user[int(uid)]
-            n = len(self.data.seq(u)) - exclude_last
-            when = int(self.data.times[self.data.offsets[u] + n - 1])  # replayed: just after the newest rating
-            rows.append((self.data.seq(u)[:n], self.data.rat(u)[:n].astype(np.int64), self.data.user_feats[u],
-                         when))
-        return self._pack(rows, truncate=True)
+    def _event_code(self, e) -> int:
+        if isinstance(e, str) and e in self.events:
+            return self.events.index(e) + 1
+        if isinstance(e, (int, np.integer)) and 1 <= int(e) <= len(self.events):
+            return int(e)
+        raise ValueError(f"events: {e!r} is neither an event name {self.events[:10]} nor a code "
+                         f"1..{len(self.events)}")
 
-    def history_request(self, movie_ids, ratings=None, user_features=None, request_time=None) -> dict:
-        """Arrays for one explicit history: MovieLens movie ids, oldest first; ratings 1..5
-        (default DEFAULT_RATING); user_features [4] (default 0 = unknown for each);
-        request_time: Unix seconds (default now; sent only to a model version that takes it)."""
-        movie_ids = list(movie_ids)
-        if not movie_ids:
-            raise ValueError("history: at least one movie id is required")
-        if len(movie_ids) > self.history_length:
-            raise ValueError(f"history: at most {self.history_length} movies (the served history "
-                             f"length), got {len(movie_ids)}")
-        unknown = [m for m in movie_ids if int(m) not in self._dense]
+    def _feature_codes(self, user_features) -> np.ndarray:
+        codes = np.zeros(len(self.features), np.int64)
+        given = dict(user_features or {})
+        unknown = sorted(set(given) - {f["name"] for f in self.features})
         if unknown:
-            raise ValueError(f"history: movie ids {unknown[:5]} are not in the {self.data.name} catalogue")
-        ratings = [DEFAULT_RATING] * len(movie_ids) if ratings is None else list(ratings)
-        if len(ratings) != len(movie_ids):
-            raise ValueError(f"ratings: need one per movie ({len(movie_ids)}), got {len(ratings)}")
-        feats = np.zeros(N_USER_FEATURES, np.int64) if user_features is None else np.asarray(user_features, np.int64)
-        ids = np.array([self._dense[int(m)] for m in movie_ids], np.int64)
-        when = int(time.time()) if request_time is None else int(request_time)
-        return self._pack([(ids, np.asarray(ratings, np.int64), feats, when)], truncate=False)
+            raise ValueError(f"user_features: unknown {unknown}; this data set has "
+                             f"{[f['name'] for f in self.features] or 'none'}")
+        for j, f in enumerate(self.features):
+            if f["name"] not in given:
+                continue  # code 0: unknown
+            v = given[f["name"]]
+            values = f.get("values")
+            if values is not None and str(v) in values:  # the code is the value's position
+                codes[j] = values.index(str(v))
+            elif isinstance(v, (int, np.integer)) and 0 <= int(v) < f["size"]:
+                codes[j] = int(v)
+            else:
+                raise ValueError(f"user_features: {f['name']}={v!r} is neither one of its values "
+                                 f"{[x for x in (values or []) if x][:10]} nor a code 0..{f['size'] - 1}")
+        return codes
 
-    def _pack(self, rows, truncate: bool) -> dict:
-        R = self.history_length
-        B = len(rows)
-        ids, rat = np.zeros((B, R), np.int64), np.zeros((B, R), np.int64)
-        feats = np.zeros((B, N_USER_FEATURES), np.int64)
-        when = np.zeros((B, 1), np.int64)
-        for b, (i, r, f, t) in enumerate(rows):
-            i, r = (i[-R:], r[-R:]) if truncate else (i, r)
-            if len(i):
-                ids[b, -len(i):], rat[b, -len(i):] = i, r
-            feats[b], when[b] = f, t
-        out = {"history_ids": ids, "history_ratings": rat, "user_features": feats}
+    def request(self, histories, events=None, user_features=None, request_time=None) -> dict:
+        """Arrays for a batch: ``histories`` a list of item-id lists (oldest first, at most R
+        each); ``events``, ``user_features``, ``request_time`` one per history (or None:
+        defaults, see the module doc; request_time defaults to now, sent only to a model
+        version that takes it)."""
+        B, R = len(histories), self.history_length
+        pad = PADDING_STR if self.strings else PADDING_INT
+        ids = np.full((B, R), pad, dtype=object if self.strings else np.int64)
+        ev = np.zeros((B, R), np.int64)
+        strong = self.schema["strong_event"]
+        for b, h in enumerate(histories):
+            h = list(h)
+            if not h:
+                raise ValueError(f"history: row {b} is empty; at least one item id is required")
+            if len(h) > R:
+                raise ValueError(f"history: at most {R} items (the served history length), got {len(h)} in row {b}")
+            e = [strong] * len(h) if events is None or events[b] is None else [self._event_code(x) for x in events[b]]
+            if len(e) != len(h):
+                raise ValueError(f"events: need one per item ({len(h)}), got {len(e)} in row {b}")
+            ids[b, R - len(h):] = [str(x).encode() for x in h] if self.strings else [int(x) for x in h]
+            ev[b, R - len(h):] = e
+        out = {"history_ids": ids, "history_events": ev}
+        if self.features:
+            out["user_features"] = np.stack([self._feature_codes(None if user_features is None else user_features[b])
+                                             for b in range(B)])
         if self.needs_time:
-            out[REQUEST_TIME] = when
+            now = int(time.time())
+            out[REQUEST_TIME] = np.array([[now if request_time is None or request_time[b] is None
+                                           else int(request_time[b])] for b in range(B)], np.int64)
         return out
 
     # ---- calling the server -----------------------------------------------------------
     def check(self, arrays: dict) -> None:
-        """Raise ValueError (naming the field and constraint) for a request the server would reject."""
-        B = arrays["history_ids"].shape[0] if np.ndim(arrays["history_ids"]) == 2 else 0
+        """Raise ValueError (naming the field and constraint) for a request the server would
+        reject; item ids themselves are checked by the server, which holds the catalogue."""
+        ids = np.asarray(arrays["history_ids"])
+        B = ids.shape[0] if ids.ndim == 2 else 0
         if B > self.max_batch_size:
             raise ValueError(f"batch: at most max_batch_size = {self.max_batch_size} rows per request, got {B}")
-        when = arrays.get(REQUEST_TIME)
-        err = check_request(np.asarray(arrays["history_ids"]), np.asarray(arrays["history_ratings"]),
-                            np.asarray(arrays["user_features"]), self.limits,
-                            None if when is None else np.asarray(when))
+        if ids.dtype != (np.dtype(object) if self.strings else np.int64):
+            raise ValueError(f"history_ids: dtype must be {'bytes objects' if self.strings else 'int64'} "
+                             f"(the data set's ids), got {ids.dtype}")
+        pad = PADDING_STR if self.strings else PADDING_INT
+        # any id stands for itself here: the shape, padding and event rules are what is checked
+        dense = np.where(ids == pad, 0, 1).astype(np.int64) if ids.ndim == 2 else ids
+        err = check_request(dense, np.asarray(arrays["history_events"]),
+                            None if "user_features" not in arrays else np.asarray(arrays["user_features"]),
+                            {**self.limits, "n_items": 1},
+                            None if REQUEST_TIME not in arrays else np.asarray(arrays[REQUEST_TIME]))
         if err:
-            raise ValueError(err)
+            raise ValueError(err.replace("dense item ids must be in 0..1 (0 = padding)", "invalid ids"))
 
     def _inputs(self, m, arrays: dict):
         ins = []
-        for t in signatures_inputs():
-            if t.name not in self.input_names:  # an input this model version does not take
-                continue
-            a = np.ascontiguousarray(arrays[t.name])
-            x = m.InferInput(t.name, list(a.shape), t.wire_type)
+        for name in self.input_names:
+            a = np.asarray(arrays[name])
+            a = a if a.dtype == object else np.ascontiguousarray(a)
+            x = m.InferInput(name, list(a.shape), self.wire[name])
             x.set_data_from_numpy(a)
             ins.append(x)
-        outs = [m.InferRequestedOutput(n) for n in ("item_ids", "scores")]
-        return ins, outs
+        return ins, [m.InferRequestedOutput(n) for n in OUTPUTS]
+
+    @staticmethod
+    def _outputs(r):
+        ids = r.as_numpy("item_ids")
+        if ids.dtype == object:
+            ids = np.vectorize(lambda b: b.decode(), otypes=[object])(ids)
+        names = np.vectorize(lambda b: b.decode(), otypes=[object])(r.as_numpy("item_names"))
+        return ids, names, r.as_numpy("scores")
 
     def infer(self, arrays: dict, validate: bool = True):
-        """Raw call: arrays -> (dense item ids [B, k2], scores [B, k2])."""
+        """Raw call: arrays -> (item ids [B, k2] (int64, or str objects), names [B, k2] str
+        objects, scores [B, k2] float32), best first."""
         if validate:
             self.check(arrays)
         ins, outs = self._inputs(self._m, arrays)
         kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        r = self.client.infer(self.model, ins, outputs=outs, **kw)
-        return r.as_numpy("item_ids"), r.as_numpy("scores")
+        return self._outputs(self.client.infer(self.model, ins, outputs=outs, **kw))
 
     async def infer_async(self, arrays: dict, validate: bool = True):
         """asyncio variant of ``infer`` (one aio client per call: safe in any event loop)."""
@@ -174,27 +205,24 @@ class GRankClient:
             r = await c.infer(self.model, ins, outputs=outs)
         finally:
             await c.close()
-        return r.as_numpy("item_ids"), r.as_numpy("scores")
+        return self._outputs(r)
 
-    def named(self, ids, scores, k: int = 10) -> list[list[Recommendation]]:
-        """Dense ids/scores [B, >=k] -> per row the top ``k`` as MovieLens ids with titles."""
-        return [[Recommendation(int(self.data.item_movie_ids[i]), self.data.titles[i], float(s))
-                 for i, s in zip(row_i[:k], row_s[:k])] for row_i, row_s in zip(ids, scores)]
+    @staticmethod
+    def named(ids, names, scores, k: int = 10) -> list[list[Recommendation]]:
+        """Per row, the top ``k`` as ``Recommendation``s."""
+        return [[Recommendation(i.item() if hasattr(i, "item") else i, n, float(s))
+                 for i, n, s in zip(ri[:k], rn[:k], rs[:k])] for ri, rn, rs in zip(ids, names, scores)]
 
-    def recommend_users(self, user_ids, k: int = 10, exclude_last: int = 0):
-        return self.named(*self.infer(self.user_request(user_ids, exclude_last)), k)
+    def recommend(self, history, events=None, user_features=None, k: int = 10, request_time=None):
+        """Top ``k`` for one user (see the module doc)."""
+        arrays = self.request([history], None if events is None else [events],
+                              None if user_features is None else [user_features],
+                              None if request_time is None else [request_time])
+        return self.named(*self.infer(arrays), k)[0]
 
-    def recommend_history(self, movie_ids, ratings=None, user_features=None, k: int = 10,
-                          request_time=None):
-        return self.named(*self.infer(self.history_request(movie_ids, ratings, user_features,
-                                                           request_time)), k)[0]
-
-    async def recommend_async(self, user_ids, k: int = 10):
-        return self.named(*(await self.infer_async(self.user_request(user_ids))), k)
-
-
-def signatures_inputs():
-    """The ensemble's input tensors (names, dtypes), shape-independent: the default config's,
-    which include ``request_time``; ``_inputs`` sends those the server's version takes."""
-    from grank.config import make_config
-    return signatures(make_config("default"))[ENSEMBLE].inputs
+    async def recommend_async(self, history, events=None, user_features=None, k: int = 10,
+                              request_time=None):
+        arrays = self.request([history], None if events is None else [events],
+                              None if user_features is None else [user_features],
+                              None if request_time is None else [request_time])
+        return self.named(*(await self.infer_async(arrays)), k)[0]

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from grank.config import make_config, parse_override, served_config
+from grank.config import parse_override, served_config
 
 
 def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | None = None):
@@ -65,14 +65,17 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {e}")
         print(f"model repository ready: {repo} (version {a.version})")
     elif a.cmd == "configs":
+        from grank.data import configure, schema
+
         from .repository import COMMITTED, config_drift, write_configs
         repo = Path(a.repository) if a.repository else COMMITTED
-        cfg = served_config(make_config(a.preset, "grank"))
+        cfg, data = configure(a.preset, "grank")
+        cfg = served_config(cfg)
         if a.check:
-            drift = config_drift(cfg, repo)
+            drift = config_drift(cfg, schema(data), repo)
             print("configs up to date" if not drift else f"drift in: {', '.join(drift)}")
             return 1 if drift else 0
-        for p in write_configs(cfg, repo):
+        for p in write_configs(cfg, schema(data), repo):
             print("wrote", p)
     elif a.cmd == "tensorrt":
         from .tensorrt_engines import build_and_check

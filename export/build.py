@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from grank.checkpoint import check_data, load_checkpoint
 from grank.data import Interactions, load
 from grank.signatures import takes_request_time
-from grank.checkpoint import load_checkpoint
 from grank.validation import limits_dict
 
 from .onnx_models import PROTOBUF_LIMIT, export_all, graphs
@@ -19,6 +19,7 @@ class Exported:
     model: object
     cfg: object
     data: Interactions
+    ck: dict           # the checkpoint dict (its ``dataset`` schema and ``catalogue``)
     paths: dict        # model name -> .onnx path
     problems: dict     # model name -> parity problems (empty lists = parity)
     arrays: dict       # the real-user tensors the check ran on
@@ -31,18 +32,21 @@ def export_checkpoint(checkpoint, out, users: int = 64, seed: int = 0, data: Int
     compare them with PyTorch on ``users`` real users (``export.parity``). The graphs take the
     shape the checkpoint's config says to serve (``cfg.serve``); ``serving``: serving-only
     overrides on top (``grank.config.SERVING_KEYS``: k1, k2, a shorter history)."""
-    model, cfg, _ = load_checkpoint(checkpoint, data, serving, served=True)
-    data = data if data is not None else load(cfg.dataset)
+    model, cfg, ck = load_checkpoint(checkpoint, data, serving, served=True)
+    if data is None:
+        data = load(cfg.dataset)
+        check_data(checkpoint, ck, data)  # the parity check's users must be the trained data's
+    schema = ck["dataset"]
     arrays = pipeline_arrays(graphs(model, cfg.eval.k1, cfg.eval.k2), real_inputs(data, cfg, users, seed))
-    paths = export_all(model, cfg, arrays, Path(out), external_above)
-    problems = check_onnx(paths, cfg, arrays, save_dir=Path(out) / "parity")
-    return Exported(model, cfg, data, paths, problems, arrays)
+    paths = export_all(model, cfg, schema, arrays, Path(out), external_above)
+    problems = check_onnx(paths, cfg, schema, arrays, save_dir=Path(out) / "parity")
+    return Exported(model, cfg, data, ck, paths, problems, arrays)
 
 
 def build_repository(ex: Exported, repository, version: int = 1, force: bool = False) -> Path:
     """Write configs + model files of ``ex`` into ``repository`` (refuses config drift)."""
     if any(ex.problems.values()):
         raise ValueError("refusing to build a repository from ONNX files that failed the parity check")
-    limits = limits_dict(ex.data.n_items, ex.cfg.model.ranker_history, ex.data.user_feat_sizes,
-                         takes_request_time(ex.cfg))
-    return build(ex.cfg, ex.paths, limits, Path(repository), version, force)
+    schema = ex.ck["dataset"]
+    limits = limits_dict(schema, ex.cfg.model.ranker_history, takes_request_time(ex.cfg))
+    return build(ex.cfg, schema, ex.paths, limits, ex.ck["catalogue"], Path(repository), version, force)

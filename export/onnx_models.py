@@ -31,15 +31,18 @@ PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
 class UserEncoder(nn.Module):
-    """[B, R] history ids, [B, R] ratings, [B, 4] profile -> user_embedding [B, d]."""
+    """[B, R] history ids, [B, R] event codes, [B, F] profile -> user_embedding [B, d]. A data
+    set without user features (F = 0) has no ``user_features`` input."""
 
     def __init__(self, model: GRank):
         super().__init__()
         self.model = model
         self.register_buffer("item_vectors", model.item_vectors().detach().clone())
 
-    def forward(self, history_ids, history_ratings, user_features):
-        return self.model.encode_users(history_ids, history_ratings, user_features, self.item_vectors)
+    def forward(self, history_ids, history_events, user_features=None):
+        if user_features is None:
+            user_features = history_ids.new_zeros(history_ids.shape[0], 0)
+        return self.model.encode_users(history_ids, history_events, user_features, self.item_vectors)
 
 
 class MipsTopK(nn.Module):
@@ -65,19 +68,19 @@ class MipsTopK(nn.Module):
 
 
 class RankerTopK(nn.Module):
-    """user_embedding [B, d], history [B, R] ids + ratings, candidate_ids [B, k1] (+ request_time
+    """user_embedding [B, d], history [B, R] ids + event codes, candidate_ids [B, k1] (+ request_time
     [B, 1] int64 Unix seconds with ``model.ranker_popularity``: the popularity-by-day table is
-    then a constant of the graph) -> item_ids [B, k2] int64 and scores [B, k2] float32, best
-    first."""
+    then a constant of the graph) -> ranked_ids [B, k2] int64 (dense) and scores [B, k2]
+    float32, best first."""
 
     def __init__(self, model: GRank, k: int):
         super().__init__()
         self.model, self.k = model, k
         self.register_buffer("item_vectors", model.item_vectors().detach().clone())
 
-    def forward(self, user_embedding, history_ids, history_ratings, candidate_ids, request_time=None):
+    def forward(self, user_embedding, history_ids, history_events, candidate_ids, request_time=None):
         when = None if request_time is None else request_time[:, 0]
-        return self.model.rank_top_k(user_embedding, history_ids, history_ratings, candidate_ids,
+        return self.model.rank_top_k(user_embedding, history_ids, history_events, candidate_ids,
                                      self.k, self.item_vectors, when)
 
 
@@ -141,10 +144,11 @@ def reference_outputs(module: nn.Module, sig: Signature, arrays: dict[str, np.nd
     return {t.name: o.numpy() for t, o in zip(sig.outputs, outs)}
 
 
-def export_all(model: GRank, cfg, arrays: dict[str, np.ndarray], out: Path,
+def export_all(model: GRank, cfg, schema: dict, arrays: dict[str, np.ndarray], out: Path,
                external_above: int = PROTOBUF_LIMIT - (1 << 20)) -> dict[str, Path]:
     """Export the three graphs to ``out/<model name>.onnx``; ``arrays`` holds real inputs for
-    every tensor a graph takes (history, ratings, profile, and the intermediate tensors)."""
-    sigs = signatures(cfg)
+    every tensor a graph takes (history, events, profile, and the intermediate tensors);
+    ``schema``: the data set's (``grank.data.schema``)."""
+    sigs = signatures(cfg, schema)
     return {name: export_one(g, sigs[name], arrays, Path(out) / f"{name}.onnx", external_above)
             for name, g in graphs(model, cfg.eval.k1, cfg.eval.k2).items()}

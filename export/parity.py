@@ -21,20 +21,24 @@ import torch
 from grank.batches import eval_inputs, eval_times
 from grank.data import split as make_split
 from grank.mips import topk_disagreements
-from grank.signatures import MIPS, RANKER, REQUEST_TIME, USER_ENCODER, signatures, takes_request_time
+from grank.signatures import (MIPS, RANKED_IDS, RANKER, REQUEST_TIME, USER_ENCODER, signatures,
+                              takes_request_time)
 
 ATOL = {"user_embedding": 1e-4, "candidate_scores": 1e-3, "scores": 1e-3}
 RTOL = {"user_embedding": 1e-4, "candidate_scores": 0.0, "scores": 0.0}
-TOPK = {MIPS: ("candidate_ids", "candidate_scores"), RANKER: ("item_ids", "scores")}
+TOPK = {MIPS: ("candidate_ids", "candidate_scores"), RANKER: (RANKED_IDS, "scores")}
 
 
 def real_inputs(data, cfg, n_users: int = 64, seed: int = 0, stage: str = "test") -> dict:
-    """Served inputs of ``n_users`` random real users: name -> array [n, ...]."""
+    """Inputs of the ONNX graphs (dense ids) for ``n_users`` random real users: name -> array
+    [n, ...]; ``user_features`` only where the data set has user features."""
     sp = make_split(data, cfg.train.max_users)
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(sp.users, size=min(n_users, len(sp.users)), replace=False))
     ids, rat, feats, _, _ = eval_inputs(sp, users, stage, cfg.model.ranker_history)
-    out = {"history_ids": ids, "history_ratings": rat, "user_features": feats.astype(np.int64)}
+    out = {"history_ids": ids, "history_events": rat}
+    if feats.shape[1]:
+        out["user_features"] = feats.astype(np.int64)
     if takes_request_time(cfg):
         out[REQUEST_TIME] = eval_times(sp, users, stage)[:, None]  # the replayed request's time
     return out
@@ -44,15 +48,16 @@ def pipeline_arrays(graphs: dict, inputs: dict) -> dict:
     """Run the PyTorch graphs in ensemble order; returns every tensor by name (numpy)."""
     t = {k: torch.as_tensor(v) for k, v in inputs.items()}
     with torch.no_grad():
-        t["user_embedding"] = graphs[USER_ENCODER](t["history_ids"], t["history_ratings"], t["user_features"])
+        feats = (t["user_features"],) if "user_features" in t else ()
+        t["user_embedding"] = graphs[USER_ENCODER](t["history_ids"], t["history_events"], *feats)
         t["candidate_ids"], t["candidate_scores"] = graphs[MIPS](t["user_embedding"], t["history_ids"])
         when = (t[REQUEST_TIME],) if REQUEST_TIME in t else ()
-        t["item_ids"], t["scores"] = graphs[RANKER](t["user_embedding"], t["history_ids"],
-                                                    t["history_ratings"], t["candidate_ids"], *when)
+        t[RANKED_IDS], t["scores"] = graphs[RANKER](t["user_embedding"], t["history_ids"],
+                                                    t["history_events"], t["candidate_ids"], *when)
     return {k: v.numpy() for k, v in t.items()}
 
 
-def check_onnx(paths: dict, cfg, arrays: dict, save_dir: Path | None = None, quiet: bool = True) -> dict[str, list[str]]:
+def check_onnx(paths: dict, cfg, schema: dict, arrays: dict, save_dir: Path | None = None, quiet: bool = True) -> dict[str, list[str]]:
     """Run each ONNX model with Polygraphy's ONNX Runtime runner on ``arrays`` (the PyTorch
     pipeline's tensors) and compare. Returns model name -> list of problems (empty = parity).
     With ``save_dir``, writes Polygraphy JSON inputs and reference outputs per model, so that
@@ -64,7 +69,7 @@ def check_onnx(paths: dict, cfg, arrays: dict, save_dir: Path | None = None, qui
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR if quiet else G_LOGGER.INFO
-    sigs = signatures(cfg)
+    sigs = signatures(cfg, schema)
     problems = {}
     for name, path in paths.items():
         sig = sigs[name]
@@ -79,7 +84,10 @@ def check_onnx(paths: dict, cfg, arrays: dict, save_dir: Path | None = None, qui
         floats = [t.name for t in sig.outputs if t.dtype == "float32"]
         pyt = RunResults()
         for runner, out in (("pytorch", ref), ("onnxrt", got)):
-            pyt.append((runner, [IterationResult({n: out[n] for n in floats}, runner_name=runner)]))
+            # -inf (an excluded item, when a small catalogue has fewer unseen items than the
+            # list) must sit in the same places on both sides; (-inf) - (-inf) is NaN otherwise
+            finite = {n: np.where(np.isneginf(out[n]), np.float32(-3e38), out[n]) for n in floats}
+            pyt.append((runner, [IterationResult(finite, runner_name=runner)]))
         acc = Comparator.compare_accuracy(
             pyt, compare_func=SimpleCompareFunc(atol={n: ATOL[n] for n in floats},
                                                  rtol={n: RTOL[n] for n in floats},

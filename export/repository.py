@@ -1,10 +1,16 @@
 """The Triton model repository: config.pbtxt generated from ``grank.signatures``, model files
 built from a checkpoint.
 
-Committed: ``model_repository/<model>/config.pbtxt`` for the default model (regenerate with
-``python -m export configs``; ``tests/test_repository.py`` fails on drift). Built (git-ignored):
-``<model>/<version>/model.onnx`` for the three ONNX models, and ``model.py``,
-``validation.py`` and ``limits.json`` for the Python-backend validator.
+Committed: ``model_repository/<model>/config.pbtxt`` for the default ML-1M model (regenerate
+with ``python -m export configs``; ``tests/test_repository.py`` fails on drift). Models of other
+data sets or shapes are built into another folder. Built (git-ignored):
+``<model>/<version>/model.onnx`` for the three ONNX models; ``model.py``, ``validation.py``,
+``limits.json`` and ``catalogue.json`` (the data set's item ids and names by dense id) for the
+two Python-backend steps, the validator and the catalogue lookup.
+
+The ensemble's config carries the data set's schema as the parameter ``schema`` (JSON: name,
+id type, padding id, event names, user features with their values), so that a client needs
+nothing but the server to build requests (``client/``).
 
 No ``instance_group`` is written on purpose: Triton then places one instance on each GPU when
 there are GPUs (NGC container: the native ONNX Runtime backend keeps tensors on the GPU between
@@ -18,17 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grank.config import Config
-from grank.signatures import (ENSEMBLE, MIPS, ONNX_MODELS, RANKER, USER_ENCODER, VALIDATE,
-                              VALIDATED_PREFIX, Signature, signatures)
+from grank.signatures import (CATALOGUE, ENSEMBLE, MIPS, ONNX_MODELS, PADDING, PYTHON_MODELS,
+                              RANKED_IDS, RANKER, USER_ENCODER, VALIDATE, VALIDATED_PREFIX,
+                              Signature, id_dtype, signatures)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "model_repository"
-VALIDATOR_SOURCES = (ROOT / "serve" / "validate" / "model.py", ROOT / "grank" / "validation.py")
+PYTHON_SOURCES = {VALIDATE: ROOT / "serve" / "validate" / "model.py",
+                  CATALOGUE: ROOT / "serve" / "catalogue" / "model.py"}
+SHARED_SOURCE = ROOT / "grank" / "validation.py"  # copied beside each Python model
+MAX_LISTED_VALUES = 1000  # a user feature with more values is described by its size alone
 
 MAX_BATCH_SIZE = 256             # rows per request and per dynamically formed batch
 MAX_QUEUE_DELAY_US = 100         # dynamic batching: wait at most this long to fill a batch
 HEADER = ("# Generated from grank/signatures.py by `python -m export configs` (committed) or\n"
-          "# `python -m export repository`; history {R}, d {d}, k1 {k1}, k2 {k2}. Do not edit.\n")
+          "# `python -m export repository`; data set {dataset}, history {R}, d {d}, k1 {k1}, k2 {k2}.\n"
+          "# Do not edit.\n")
 
 
 def _tensors(kind: str, tensors) -> str:
@@ -89,7 +100,25 @@ def _step(model: str, inputs: dict, outputs: dict) -> str:
     return f'    {{\n      model_name: "{model}"\n      model_version: -1\n{maps}    }}'
 
 
-def _ensemble_config(sigs: dict) -> str:
+def served_schema(schema: dict) -> dict:
+    """What a client needs to build requests for the data set (the ensemble's ``schema``
+    parameter): name, id type and padding id, event names (code c = events[c - 1]) and the
+    strong events, user features with their values (code j = values[j], 0 = unknown)."""
+    ids_t = id_dtype(schema)
+    pad = PADDING[ids_t].decode() if ids_t == "bytes" else PADDING[ids_t]
+    feats = [{"name": f["name"], "size": len(f["values"]),
+              **({"values": f["values"]} if len(f["values"]) <= MAX_LISTED_VALUES else {})}
+             for f in schema["user_features"]]
+    return {"dataset": schema["name"], "n_items": schema["n_items"], "id_type": schema["id_type"],
+            "padding_id": pad, "events": schema["events"], "strong_event": schema["strong_event"],
+            "user_features": feats}
+
+
+def _pbtxt_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ensemble_config(sigs: dict, schema: dict) -> str:
     ens = sigs[ENSEMBLE]
     v = lambda t: VALIDATED_PREFIX + t  # noqa: E731  tensors that passed the validator
     steps = [
@@ -101,26 +130,32 @@ def _ensemble_config(sigs: dict) -> str:
               {"candidate_ids": "candidate_ids"}),
         _step(RANKER, {t.name: t.name if t.name in ("user_embedding", "candidate_ids") else v(t.name)
                        for t in sigs[RANKER].inputs},
-              {t.name: t.name for t in ens.outputs}),
+              {t.name: t.name for t in sigs[RANKER].outputs}),
+        _step(CATALOGUE, {RANKED_IDS: RANKED_IDS}, {t.name: t.name for t in sigs[CATALOGUE].outputs}),
     ]
+    params = json.dumps(served_schema(schema), ensure_ascii=False, separators=(",", ":"))
     return (f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
             + _tensors("input", ens.inputs) + _tensors("output", ens.outputs)
-            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
+            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+            + f'parameters {{\n  key: "schema"\n  value: {{ string_value: {_pbtxt_string(params)} }}\n}}\n')
 
 
-def model_configs(cfg: Config, serving: Serving = Serving()) -> dict[str, str]:
-    """config.pbtxt text for every model of the repository, by model name."""
-    sigs = signatures(cfg)
-    head = HEADER.format(R=cfg.model.ranker_history, d=cfg.model.d_model, k1=cfg.eval.k1, k2=cfg.eval.k2)
+def model_configs(cfg: Config, schema: dict, serving: Serving = Serving()) -> dict[str, str]:
+    """config.pbtxt text for every model of the repository, by model name, for the model
+    ``cfg`` over the data set ``schema`` (``grank.data.schema``)."""
+    sigs = signatures(cfg, schema)
+    head = HEADER.format(R=cfg.model.ranker_history, d=cfg.model.d_model, k1=cfg.eval.k1,
+                         k2=cfg.eval.k2, dataset=schema["name"])
     out = {name: head + _model_config(sigs[name], "onnxruntime", serving) for name in ONNX_MODELS}
-    out[VALIDATE] = head + _model_config(sigs[VALIDATE], "python")
-    out[ENSEMBLE] = head + _ensemble_config(sigs)
+    for name in PYTHON_MODELS:
+        out[name] = head + _model_config(sigs[name], "python")
+    out[ENSEMBLE] = head + _ensemble_config(sigs, schema)
     return out
 
 
-def write_configs(cfg: Config, repo: Path, serving: Serving = Serving()) -> list[Path]:
+def write_configs(cfg: Config, schema: dict, repo: Path, serving: Serving = Serving()) -> list[Path]:
     paths = []
-    for name, text in model_configs(cfg, serving).items():
+    for name, text in model_configs(cfg, schema, serving).items():
         p = Path(repo) / name / "config.pbtxt"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
@@ -128,27 +163,29 @@ def write_configs(cfg: Config, repo: Path, serving: Serving = Serving()) -> list
     return paths
 
 
-def config_drift(cfg: Config, repo: Path) -> list[str]:
-    """Models whose config.pbtxt in ``repo`` differs from what ``cfg`` generates."""
-    return [name for name, text in model_configs(cfg).items()
+def config_drift(cfg: Config, schema: dict, repo: Path) -> list[str]:
+    """Models whose config.pbtxt in ``repo`` differs from what ``cfg`` and ``schema`` generate."""
+    return [name for name, text in model_configs(cfg, schema).items()
             if not (Path(repo) / name / "config.pbtxt").exists()
             or (Path(repo) / name / "config.pbtxt").read_text() != text]
 
 
-def build(cfg: Config, onnx_paths: dict, limits: dict, repo: Path, version: int = 1,
-          force: bool = False) -> Path:
-    """Write configs and model files for one model version into ``repo``.
+def build(cfg: Config, schema: dict, onnx_paths: dict, limits: dict, catalogue: dict, repo: Path,
+          version: int = 1, force: bool = False) -> Path:
+    """Write configs and model files for one model version into ``repo``; ``catalogue``:
+    ``grank.data.catalogue`` of the checkpoint's data set.
 
     Refuses (unless ``force``) to overwrite existing config.pbtxt files that differ from the
-    ones this checkpoint needs, e.g. building a tiny checkpoint into the committed repository.
+    ones this checkpoint needs, e.g. building a tiny checkpoint, or one of another data set,
+    into the committed repository.
     """
     repo = Path(repo)
-    drift = [n for n in config_drift(cfg, repo) if (repo / n / "config.pbtxt").exists()]
+    drift = [n for n in config_drift(cfg, schema, repo) if (repo / n / "config.pbtxt").exists()]
     if drift and not force:
         raise ValueError(f"{repo}: config.pbtxt of {', '.join(drift)} would change (this checkpoint "
-                         "has other shapes); build into another --repository "
+                         "has other shapes or another data set); build into another --repository "
                          "or pass --force")
-    write_configs(cfg, repo)
+    write_configs(cfg, schema, repo)
     for name in ONNX_MODELS:
         d = repo / name / str(version)
         d.mkdir(parents=True, exist_ok=True)
@@ -158,9 +195,11 @@ def build(cfg: Config, onnx_paths: dict, limits: dict, repo: Path, version: int 
         if data.exists():  # external data keeps the location written in the model: the same name
             shutil.copyfile(data, d / data.name)
     (repo / ENSEMBLE / str(version)).mkdir(parents=True, exist_ok=True)  # Triton needs one, empty
-    d = repo / VALIDATE / str(version)
-    d.mkdir(parents=True, exist_ok=True)
-    for src in VALIDATOR_SOURCES:
-        shutil.copyfile(src, d / src.name)
-    (d / "limits.json").write_text(json.dumps(limits, indent=1))
+    for name, src in PYTHON_SOURCES.items():
+        d = repo / name / str(version)
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, d / "model.py")
+        shutil.copyfile(SHARED_SOURCE, d / SHARED_SOURCE.name)
+        (d / "catalogue.json").write_text(json.dumps(catalogue, ensure_ascii=False), encoding="utf-8")
+    (repo / VALIDATE / str(version) / "limits.json").write_text(json.dumps(limits, indent=1))
     return repo

@@ -40,14 +40,14 @@ def missing() -> str | None:
     return None
 
 
-def build_engines(cfg, onnx_paths: dict, out: Path) -> dict:
+def build_engines(cfg, schema: dict, onnx_paths: dict, out: Path) -> dict:
     """Build and save ``<out>/<model>.plan`` for each ONNX model; returns the paths."""
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath,
                                         Profile, SaveEngine)
     for k_name, k in (("eval.k1", cfg.eval.k1), ("eval.k2", cfg.eval.k2)):
         if k > TRT_TOPK_MAX:
             raise ValueError(f"{k_name} = {k}: TensorRT TopK supports K <= {TRT_TOPK_MAX}")
-    sigs = signatures(cfg)
+    sigs = signatures(cfg, schema)
     out.mkdir(parents=True, exist_ok=True)
     plans = {}
     for name, path in onnx_paths.items():
@@ -61,7 +61,7 @@ def build_engines(cfg, onnx_paths: dict, out: Path) -> dict:
     return plans
 
 
-def compare(cfg, onnx_paths: dict, plans: dict, arrays: dict) -> dict[str, list[str]]:
+def compare(cfg, schema: dict, onnx_paths: dict, plans: dict, arrays: dict) -> dict[str, list[str]]:
     """Polygraphy: ONNX Runtime (fp32) vs TensorRT (fp16) on the parity inputs."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -69,7 +69,7 @@ def compare(cfg, onnx_paths: dict, plans: dict, arrays: dict) -> dict[str, list[
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from grank.mips import topk_disagreements
-    sigs = signatures(cfg)
+    sigs = signatures(cfg, schema)
     problems = {}
     for name in plans:
         sig = sigs[name]
@@ -97,8 +97,8 @@ def build_and_check(checkpoint, onnx_dir: Path, out: Path) -> int:
         return 2
     from .build import export_checkpoint
     ex = export_checkpoint(checkpoint, onnx_dir)  # fresh ONNX files + parity inputs
-    plans = build_engines(ex.cfg, ex.paths, out)
-    problems = compare(ex.cfg, ex.paths, plans, ex.arrays)
+    plans = build_engines(ex.cfg, ex.ck["dataset"], ex.paths, out)
+    problems = compare(ex.cfg, ex.ck["dataset"], ex.paths, plans, ex.arrays)
     for name in ONNX_MODELS:
         print(f"{name:20s} {plans[name]}  " + ("matches ONNX Runtime (FP16 tolerances)"
                                                if not problems[name] else "; ".join(problems[name][:5])))

@@ -8,7 +8,7 @@ import sys
 import time
 
 from .config import PRESETS, VARIANTS, make_config, parse_override
-from .data import DATASETS
+from .data import BUILTIN
 
 
 def main(argv=None) -> int:
@@ -21,11 +21,17 @@ def main(argv=None) -> int:
             p.add_argument("--variant", default="grank", choices=sorted(VARIANTS),
                            help="results row / ablation to train")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--dataset", default=None,
+                       help=f"built-in ({', '.join(BUILTIN)}) or built with `python -m grank data "
+                            "--name` (default: the preset's, ml-1m)")
         p.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
                        help="config override, repeatable (e.g. --set train.epochs=3)")
 
-    p = sub.add_parser("data", help="preprocess a dataset into the cache and print its stats")
-    p.add_argument("--dataset", default="ml-1m", choices=DATASETS)
+    p = sub.add_parser("data", help="build a data set into the cache (a built-in one, or one of "
+                       "your own files with --interactions) and print its summary")
+    p.add_argument("--dataset", default="ml-1m", help=f"a built-in data set: {', '.join(BUILTIN)}")
+    from .reader import add_arguments
+    add_arguments(p)
     p = sub.add_parser("train", help="train one model; resumes from <out>/last.pt")
     common(p)
     p.add_argument("--out", required=True, help="checkpoint folder")
@@ -62,8 +68,13 @@ def main(argv=None) -> int:
                        "(e.g. how the rows were run)")
         p.add_argument("--docs", default="docs" if name == "results" else "artifacts/demo-docs")
     a = ap.parse_args(argv)
+    overrides = {**({"dataset": a.dataset} if getattr(a, "dataset", None) and a.cmd != "data" else {}),
+                 **dict(getattr(a, "set", None) or ())}
 
     if a.cmd == "data":
+        if a.interactions:
+            from .reader import run as build_from_files
+            return build_from_files(a)
         from .data import load
         t = time.time()
         d = load(a.dataset)
@@ -71,17 +82,17 @@ def main(argv=None) -> int:
                           "interactions": int(len(d.items)), "seconds": round(time.time() - t, 2)}))
         return 0
     if a.cmd == "train":
-        from .data import load
+        from .data import configure
         from .train import train
-        cfg = make_config(a.preset, a.variant, a.seed, dict(a.set or ()))
-        s = train(cfg, load(cfg.dataset), a.out, resume=not a.no_resume, threads=a.threads, device=a.device)
+        cfg, data = configure(a.preset, a.variant, a.seed, overrides)
+        s = train(cfg, data, a.out, resume=not a.no_resume, threads=a.threads, device=a.device)
         print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
         return 0
     if a.cmd == "speed":
-        from .data import load
+        from .data import configure
         from .train import measure_speed
-        cfg = make_config(a.preset, a.variant, a.seed, dict(a.set or ()))
-        print(json.dumps(measure_speed(cfg, load(cfg.dataset), a.steps, threads=a.threads)))
+        cfg, data = configure(a.preset, a.variant, a.seed, overrides)
+        print(json.dumps(measure_speed(cfg, data, a.steps, threads=a.threads)))
         return 0
     if a.cmd == "evaluate":
         from .data import load, split
@@ -91,12 +102,11 @@ def main(argv=None) -> int:
         res = evaluate_model(model, split(load(cfg.dataset)), a.stage, cfg.eval, filtered=not a.unfiltered)
         print(json.dumps(res, indent=1))
         return 0
-    from .report import ROWS, markdown, results
+    from .report import ROWS, markdown_one, results
     rows = tuple(a.rows.split(",")) if a.rows else (ROWS if a.cmd == "results" else ("grank", "popularity"))
     cmd = "python -m grank " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    res = results(a.preset, a.seed, a.artifacts, rows, dict(a.set or ()), a.retrain, a.docs, cmd,
-                  a.note)
-    print(markdown(res))
+    res = results(a.preset, a.seed, a.artifacts, rows, overrides, a.retrain, a.docs, cmd, a.note)
+    print(markdown_one(res))
     return 0
 
 

@@ -29,6 +29,7 @@ not undo a fit already saved in a checkpoint.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -75,7 +76,9 @@ def features(model, split: Split, stage: str, ecfg, progress: bool = True, popul
             pop = model.candidate_popularity(when, cand)
             r = ranker.own_score(F.embedding(cand, table), F.embedding(ids, table), rat, ids == 0, pop)
             parts = [gen[..., None], r[..., None]] + ([pop * LOG_SCALE] if pop is not None else [])
-        hit = cand == targets[:, None]
+        # a target the exclusion hid (seen before; in the list only because k1 >= the unseen
+        # items) has a -inf Generator score: no fit can rank it
+        hit = (cand == targets[:, None]) & torch.isfinite(gen)
         keep = hit.any(1)
         xs.append(torch.cat(parts, -1)[keep])
         ys.append(hit[keep].to(torch.int64).argmax(1))
@@ -127,10 +130,19 @@ def fit_blend(model, split: Split, cfg: Config, progress: bool = True) -> dict:
     if len(y) == 0:
         raise ValueError("blend fit: no validation user has the held-out item among the k1 candidates")
     # the loss at the start is that of the current served mix (Generator weight 1, then the blend)
-    w, scale, before, after = fit(x, y, model.ranker.blend.detach())
-    with torch.no_grad():
-        model.ranker.blend.copy_(w)
-    return {"weights": {n: round(float(v), 4) for n, v in zip(weight_names(cfg), w)},
-            "fitted_on": "val", "users": int(len(y)), "k1": cfg.eval.k1, "ranker_history": cfg.model.ranker_history,
-            "generator_weight": round(scale, 4),
-            "loss_before": round(before, 4), "loss_after": round(after, 4), "seconds": round(time.time() - t0, 1)}
+    try:
+        w, scale, before, after = fit(x, y, model.ranker.blend.detach())
+    except RuntimeError as e:  # too few validation hits to fit: keep serving the trained mix
+        w, failed = model.ranker.blend.detach().clone(), str(e)
+        print(f"warning: {e}; the served blend stays the trained mix", file=sys.stderr)
+    else:
+        failed = None
+        with torch.no_grad():
+            model.ranker.blend.copy_(w)
+    info = {"weights": {n: round(float(v), 4) for n, v in zip(weight_names(cfg), w)},
+            "fitted_on": "val", "users": int(len(y)), "k1": cfg.eval.k1,
+            "ranker_history": cfg.model.ranker_history, "seconds": round(time.time() - t0, 1)}
+    if failed:
+        return {**info, "failed": failed}
+    return {**info, "generator_weight": round(scale, 4), "loss_before": round(before, 4),
+            "loss_after": round(after, 4)}

@@ -9,6 +9,10 @@ through the training code. A checkpoint is a ``torch.save`` dict:
 - ``config``: ``Config.to_dict()``: the model is rebuilt from this alone;
 - ``model``: the state dict (the Ranker's ``blend`` buffer included);
 - ``data_fingerprint``: ``grank.data.fingerprint`` of the data it was trained on;
+- ``dataset``: ``grank.data.schema`` of that data (catalogue size, events, features): with the
+  config, all that rebuilding the network needs;
+- ``catalogue``: ``grank.data.catalogue``: the data set's own id and name of every item, which
+  the model repository serves so that callers never see dense ids;
 - ``optimizer``, ``scheduler``, ``torch_rng``, ``numpy_rng``, ``state``: what resuming needs;
 - ``blend``: the summary of the served blend's fit (``grank.blend``), once it was fitted.
 """
@@ -20,36 +24,60 @@ import torch
 
 from .cli import InputError
 from .config import Config, served_config, with_serving
-from .data import Interactions, fingerprint
+from .data import Interactions, catalogue, fingerprint, schema
 from .model import GRank
 from .popularity import RecentPopularity
 
-# 2 (2026-12-06): the Ranker always scores on its own (no ``model.ranker_score``), without the
-# options removed that day; it has a ``blend`` buffer. 1: every checkpoint written before.
-FORMAT_VERSION = 2
+# 3 (2026-12-06): any data set: the ``dataset`` schema and ``catalogue`` are stored, item
+# features are generic (``items.features``), no ``model.high_rating``. 2 (2026-12-06): the
+# Ranker always scores on its own (no ``model.ranker_score``), without the options removed that
+# day; it has a ``blend`` buffer. 1: every checkpoint written before.
+FORMAT_VERSION = 3
 
 HINT = ("train one first (`make train PRESET=default` writes artifacts/default/grank/best.pt, "
         "`make demo` artifacts/fast/grank/best.pt) or pass the path of an existing best.pt")
 
 
+def uses_popularity(cfg: Config) -> bool:
+    return cfg.model.ranker and cfg.model.ranker_popularity
+
+
 def build_model(cfg: Config, data: Interactions) -> GRank:
-    """A freshly initialised network for ``cfg`` over ``data``'s catalogue (its popularity
-    counts only where the Ranker uses them)."""
-    pop = RecentPopularity.from_data(data) if cfg.model.ranker and cfg.model.ranker_popularity else None
-    return GRank(cfg.model, data.n_items, data.user_feat_sizes, data.item_genres, data.item_year, pop)
+    """A freshly initialised network for ``cfg`` over ``data``'s catalogue, its item features
+    and (only where the Ranker uses them) popularity counts filled in."""
+    if uses_popularity(cfg) and not data.timed:
+        raise InputError(f"model.ranker_popularity: data set {data.name} has no timestamps, so there is "
+                         "no popularity by day; train with --set model.ranker_popularity=false")
+    model = GRank(cfg.model, schema(data), RecentPopularity.from_data(data) if uses_popularity(cfg) else None)
+    model.items.fill(data.item_features)
+    return model
 
 
-def save(path: str | Path, state: dict) -> None:
-    """Write ``state`` (the keys of the module doc, ``format_version`` added) atomically: an
-    interrupted save never corrupts the last good checkpoint."""
+def rebuild(cfg: Config, ck: dict) -> GRank:
+    """The network of checkpoint dict ``ck`` (at ``cfg``'s shape), from the checkpoint alone."""
+    pop = None
+    if uses_popularity(cfg):
+        days, cols = ck["model"]["popularity.table"].shape
+        pop = RecentPopularity(cols - 1, days - 1)
+    model = GRank(cfg.model, ck["dataset"], pop)
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def save(path: str | Path, state: dict, data: Interactions) -> None:
+    """Write ``state`` (the keys of the module doc; ``format_version``, ``data_fingerprint``,
+    ``dataset`` and ``catalogue`` added from ``data``) atomically: an interrupted save never
+    corrupts the last good checkpoint."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    torch.save({"format_version": FORMAT_VERSION, "data_fingerprint": fingerprint(data),
+                "dataset": schema(data), "catalogue": catalogue(data), **state}, tmp)
     tmp.replace(path)
 
 
 # where the code that reads an older format lives
-FORMATS = {1: "tag ranker-recipes-2026-12-06 (commit 311b61e)"}
+FORMATS = {1: "tag ranker-recipes-2026-12-06 (commit 311b61e)",
+           2: "tag checkpoint-format-2 (commit e01f7d3)"}
 
 
 def check_version(version, what: str, fix: str = "retrain it with this code") -> None:
@@ -80,17 +108,13 @@ def load_checkpoint(path: str | Path, data: Interactions | None = None, serving:
     the trained shape, or with ``served`` at the shape the repository serves (``cfg.serve``).
     ``serving``: serving-only overrides on top (``config.SERVING_KEYS``, e.g.
     ``{"eval.k1": 1000}``), applied to the returned config and to the model (a shorter history
-    uses the newest slots' weights). ``data``: the data set, when the caller has it loaded."""
-    from .data import load
+    uses the newest slots' weights). ``data``: the data set the caller will use with the model,
+    checked to be the one it was trained on (the checkpoint alone is enough to rebuild it)."""
     ck = read(path)
     cfg = Config.from_dict(ck["config"])
-    data = data if data is not None else load(cfg.dataset)
-    if ck["data_fingerprint"] != fingerprint(data):
-        raise InputError(f"{path}: trained on different {cfg.dataset} data "
-                         f"({ck['data_fingerprint']} vs {fingerprint(data)})")
-    model = build_model(cfg, data)
-    model.load_state_dict(ck["model"])
-    model.eval()
+    if data is not None:
+        check_data(path, ck, data)
+    model = rebuild(cfg, ck)
     if served or serving:
         try:
             cfg = served_config(cfg, serving) if served else with_serving(cfg, serving)
@@ -98,6 +122,13 @@ def load_checkpoint(path: str | Path, data: Interactions | None = None, serving:
             raise InputError(f"serving setting: {e}") from e
         model.cfg = cfg.model
     return model, cfg, ck
+
+
+def check_data(path, ck: dict, data: Interactions) -> None:
+    """Refuse to use checkpoint ``ck`` (read from ``path``) with data it was not trained on."""
+    if ck["data_fingerprint"] != fingerprint(data):
+        raise InputError(f"{path}: trained on {ck['dataset']['name']} data with fingerprint "
+                         f"{ck['data_fingerprint']}, not on this {data.name} data ({fingerprint(data)})")
 
 
 def served_config_of(path: str | Path) -> tuple[Config, bool]:

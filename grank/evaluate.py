@@ -32,11 +32,12 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 def list_ranks(ids: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Rank of each target in a returned list: ids/scores [B, K], targets [B] -> [B] float
-    (inf if absent), pessimistic within ties of the list's scores."""
+    (inf if absent, or present with score -inf: excluded, listed only because K >= the items
+    left), pessimistic within ties of the list's scores."""
     hit = ids == targets[:, None]
     t = torch.where(hit, scores, torch.full_like(scores, float("-inf"))).max(1).values
     r = (scores >= t[:, None]).sum(1).to(torch.float64) - 1
-    return torch.where(hit.any(1), r, torch.full_like(r, MISS))
+    return torch.where(hit.any(1) & torch.isfinite(t), r, torch.full_like(r, MISS))
 
 
 def metrics_from_ranks(ranks, ks) -> dict:
@@ -144,3 +145,30 @@ def evaluate_popularity(split: Split, stage: str, ecfg, filtered: bool = True) -
     res = metrics_from_ranks(np.concatenate(ranks), ecfg.ks)
     res["users"] = int(len(split.users))
     return res
+
+
+@torch.no_grad()
+def evaluate_sampled(model, split: Split, users: np.ndarray, negatives: np.ndarray, ecfg,
+                     progress: bool = True) -> dict:
+    """The sampled protocol of the NCF paper (He et al. 2017), for comparison with published
+    numbers only: each user's held-out test item is ranked against its 99 shipped negatives
+    (``negatives`` [U, 99] dense ids, aligned with ``users`` [U]) by the served score of the
+    final stage (the Ranker's blend, or the MIPS score without a Ranker), on the user's full
+    visible history. ``model`` None: the training-split popularity counts. Pessimistic ties.
+    Returns ``sampled_HR@10`` and ``sampled_NDCG@10``."""
+    pop = popularity_scores(split) if model is None else None
+    ranks = []
+    length = 1 if model is None else model.cfg.ranker_history
+    for s in tqdm(range(0, len(users), ecfg.batch_size), desc="eval sampled", disable=not progress, leave=False):
+        ub = users[s:s + ecfg.batch_size]
+        ids, rat, feats, targets, _ = eval_inputs(split, ub, "test", length)
+        cand = torch.as_tensor(np.concatenate([targets[:, None], negatives[s:s + ecfg.batch_size]], 1))
+        if model is None:
+            scores = pop[cand]
+        else:
+            ids, rat, feats = map(torch.as_tensor, (ids, rat, feats))
+            table = model.item_vectors()
+            u = model.encode_users(ids, rat, feats, table)
+            scores = model.rank(u, ids, rat, cand, table, torch.as_tensor(eval_times(split, ub, "test")))
+        ranks.append(ranks_from_scores(scores, torch.zeros(len(ub), dtype=torch.long)).cpu().numpy())
+    return {f"sampled_{k}": v for k, v in metrics_from_ranks(np.concatenate(ranks), (10,)).items()}

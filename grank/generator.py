@@ -78,12 +78,12 @@ class Generator(nn.Module):
     position's output and every position predicts the next item.
     """
 
-    def __init__(self, cfg: ModelConfig, user_feat_sizes: tuple):
+    def __init__(self, cfg: ModelConfig, n_events: int, user_feat_sizes: tuple):
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
         self.pos = nn.Embedding(cfg.max_history, d)
-        self.rating = nn.Embedding(6, d)  # ratings 1..5, 0 = padding / unknown
+        self.rating = nn.Embedding(n_events + 1, d)  # event codes 1..E (ratings), 0 = padding
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ffn_mult, cfg.dropout)
                                     for _ in range(cfg.n_layers))
         self.ln_out = nn.LayerNorm(d)
@@ -104,8 +104,9 @@ class Generator(nn.Module):
         return self.drop(emb + self.rating(ratings) + pos)
 
     def query_tokens(self, user_feats, pools) -> torch.Tensor:
-        """user_feats: [B, 4] int64; pools: [B, M, 3d] sub-sequence means -> U tokens [B, M, d]."""
-        prof = sum(e(user_feats[:, i]) for i, e in enumerate(self.profile))  # [B, d]
+        """user_feats: [B, F] int64; pools: [B, M, 3d] sub-sequence means -> U tokens [B, M, d]."""
+        prof = sum((e(user_feats[:, i]) for i, e in enumerate(self.profile)),  # [B, d]
+                   pools.new_zeros(pools.shape[0], pools.shape[2] // 3))
         prof = prof[:, None, :].expand(-1, pools.shape[1], -1)
         return self.fuse(torch.cat([prof, pools], -1)) + self.query
 

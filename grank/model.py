@@ -15,7 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .data import N_YEAR_BUCKETS
 from .generator import Generator
 from .popularity import RecentPopularity
 from .ranker import Ranker
@@ -36,21 +35,38 @@ def init_embeddings(module: nn.Module) -> None:
 
 
 class ItemTower(nn.Module):
-    """Item vector = id embedding + genre projection (mean over genres) + release-year bucket."""
+    """Item vector = id embedding + one term per categorical item feature of the data set
+    (``grank.data.schema``'s ``item_features``): a multi-valued feature (MovieLens genres) is
+    a projection of its multi-hot row averaged over the item's values; a single-valued one
+    (MovieLens release-year bucket) an embedding of its code. The feature values of every item
+    are buffers, so the state dict carries them and a checkpoint rebuilds the tower alone."""
 
-    def __init__(self, n_items: int, d: int, genres, years):
+    def __init__(self, n_items: int, d: int, features: list):
         super().__init__()
         self.id = nn.Embedding(n_items + 1, d, padding_idx=0)
-        self.genre = nn.Linear(genres.shape[1], d, bias=False)
-        self.year = nn.Embedding(N_YEAR_BUCKETS, d)
-        for w in (self.id.weight, self.genre.weight, self.year.weight):
+        self.multi = [bool(f["multi"]) for f in features]
+        self.features = nn.ModuleList(
+            nn.Linear(len(f["values"]), d, bias=False) if f["multi"] else nn.Embedding(len(f["values"]), d)
+            for f in features)
+        for w in [self.id.weight] + [m.weight for m in self.features]:
             nn.init.normal_(w, std=EMB_STD)
-        g = torch.as_tensor(genres, dtype=torch.float32)
-        self.register_buffer("genres", g / g.sum(1, keepdim=True).clamp(min=1.0), persistent=True)
-        self.register_buffer("years", torch.as_tensor(years, dtype=torch.long), persistent=True)
+        for i, f in enumerate(features):  # placeholders of the right shape; ``fill`` sets them
+            shape = (n_items + 1, len(f["values"])) if f["multi"] else (n_items + 1,)
+            self.register_buffer(f"values{i}", torch.zeros(shape, dtype=torch.float32 if f["multi"]
+                                                             else torch.long), persistent=True)
+
+    def fill(self, item_features) -> None:
+        """Set the feature values from ``grank.data.ItemFeature``s (multi-hot rows averaged)."""
+        for i, f in enumerate(item_features):
+            v = torch.as_tensor(f.values)
+            if f.multi:
+                v = v.float() / v.float().sum(1, keepdim=True).clamp(min=1.0)
+            getattr(self, f"values{i}").copy_(v)
 
     def forward(self) -> torch.Tensor:
-        table = self.id.weight + self.genre(self.genres) + self.year(self.years)
+        table = self.id.weight
+        for i, m in enumerate(self.features):
+            table = table + m(getattr(self, f"values{i}"))
         return torch.cat([torch.zeros_like(table[:1]), table[1:]])  # padding row is exactly 0
 
 
@@ -68,16 +84,18 @@ def prefix_means(emb: torch.Tensor, mask: torch.Tensor, window: int = 0) -> torc
 
 
 class GRank(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_items: int, user_feat_sizes: tuple, genres, years,
-                 popularity: RecentPopularity | None = None):
+    def __init__(self, cfg: ModelConfig, schema: dict, popularity: RecentPopularity | None = None):
+        """``schema``: the data set's ``grank.data.schema`` (catalogue size, events, features)."""
         super().__init__()
         if cfg.ranker_history < cfg.max_history:
             raise ValueError("model.ranker_history must be >= model.max_history "
                              "(the Generator window is the tail of the long history)")
         self.cfg = cfg
-        self.n_items = n_items
-        self.items = ItemTower(n_items, cfg.d_model, genres, years)
-        self.generator = Generator(cfg, user_feat_sizes)
+        self.n_items = n_items = schema["n_items"]
+        self.strong_event = schema["strong_event"]
+        self.items = ItemTower(n_items, cfg.d_model, schema["item_features"])
+        self.generator = Generator(cfg, len(schema["events"]),
+                                   tuple(len(f["values"]) for f in schema["user_features"]))
         self.ranker = Ranker(cfg) if cfg.ranker else None
         init_embeddings(self)
         # item statistics by day (a buffer, no parameters): only a Ranker that uses them has them
@@ -100,13 +118,14 @@ class GRank(nn.Module):
         if not self.cfg.query_token:
             return emb, pad, None
         pools = torch.cat([prefix_means(emb, ~pad),
-                           prefix_means(emb, hist_ratings >= self.cfg.high_rating),
+                           prefix_means(emb, hist_ratings >= self.strong_event),
                            prefix_means(emb, ~pad, self.cfg.recent_items)], -1)
         return emb, pad, pools
 
     def encode_users(self, hist_ids, hist_ratings, user_feats, table=None):
         """hist_ids: [B, R] int64 (dense ids, newest last, left padded with 0); hist_ratings:
-        [B, R] int64 in 0..5; user_feats: [B, 4] int64. Returns user vectors [B, d] float32."""
+        [B, R] int64 event codes 0..E (0 = padding); user_feats: [B, F] int64 (F >= 0).
+        Returns user vectors [B, d] float32."""
         table = self.item_vectors() if table is None else table
         L = self.cfg.max_history
         emb, pad, pools = self.history_inputs(table, hist_ids, hist_ratings)

@@ -4,18 +4,23 @@ Read by the ONNX exporter (input/output names, dynamic batch axis), the config.p
 the ensemble's tensor maps, the clients and the perf_analyzer input generator. Shapes below are
 per request row; Triton adds the batch axis (``max_batch_size`` > 0), and so do the ONNX graphs
 (axis 0, named ``batch``). R = ``model.ranker_history``, d = ``model.d_model``,
-k1 = ``eval.k1``, k2 = ``eval.k2`` of the checkpoint's config.
+k1 = ``eval.k1``, k2 = ``eval.k2`` of the checkpoint's config; F user features, the id type and
+the event vocabulary come from the data set's schema (``grank.data.schema``).
 
-The ensemble ``grank``::
+The ensemble ``grank`` speaks the data set's own ids (int64, or strings as BYTES)::
 
-    history_ids [R] int64, history_ratings [R] int64, user_features [4] int64
-    (+ request_time [1] int64 when the Ranker uses popularity, ``model.ranker_popularity``)
-      -> grank_validate      (Python backend: range checks with errors naming the field)
+    history_ids [R] int64|bytes (the caller's item ids, newest last, left padded with
+    PADDING: -1 or ""), history_events [R] int64 (event codes 1..E, 0 in padding),
+    user_features [F] int64 (only when F > 0), request_time [1] int64 (only when the Ranker
+    uses popularity, ``model.ranker_popularity``)
+      -> grank_validate      (Python backend: range checks with errors naming the field; the
+                              caller's item ids -> dense ids 1..N, an unknown id is an error)
       -> grank_user_encoder  (ONNX: Generator, -> user_embedding [d] float32)
       -> grank_mips          (ONNX: item table as a constant, history excluded, top-k1)
       -> grank_ranker        (ONNX: cross-attention Ranker, top-k2; with request_time, the
                               popularity-by-day table as a constant)
-    -> item_ids [k2] int64 (dense ids, best first), scores [k2] float32
+      -> grank_catalogue     (Python backend: dense ids -> the caller's ids and display names)
+    -> item_ids [k2] int64|bytes (best first), item_names [k2] bytes, scores [k2] float32
 """
 from __future__ import annotations
 
@@ -23,26 +28,32 @@ from dataclasses import dataclass
 
 from .config import Config
 
-N_USER_FEATURES = 4  # gender, age bucket, occupation, zip-code first digit (grank.data)
-MAX_RATING = 5       # ratings 1..5; 0 marks padding slots
-
 ENSEMBLE = "grank"
 VALIDATE = "grank_validate"
 USER_ENCODER = "grank_user_encoder"
 MIPS = "grank_mips"
 RANKER = "grank_ranker"
+CATALOGUE = "grank_catalogue"
 ONNX_MODELS = (USER_ENCODER, MIPS, RANKER)
+PYTHON_MODELS = (VALIDATE, CATALOGUE)
+PADDING = {"int64": -1, "bytes": b""}  # the caller's id of an empty history slot
 
-_TRITON = {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}
-_WIRE = {"int64": "INT64", "float32": "FP32"}
+_TRITON = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "bytes": "TYPE_STRING"}
+_WIRE = {"int64": "INT64", "float32": "FP32", "bytes": "BYTES"}
+_NUMPY = {"int64": "int64", "float32": "float32", "bytes": "object"}
 
 
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    dtype: str          # numpy dtype name
+    dtype: str          # "int64", "float32" or "bytes" (strings: numpy object arrays of bytes)
     dims: tuple         # per request row (no batch axis)
     doc: str = ""
+
+    @property
+    def numpy_dtype(self):
+        import numpy as np
+        return np.dtype(_NUMPY[self.dtype])
 
     @property
     def triton_type(self) -> str:
@@ -75,33 +86,52 @@ def takes_request_time(cfg: Config) -> bool:
     return cfg.model.ranker and cfg.model.ranker_popularity
 
 
-def signatures(cfg: Config) -> dict[str, Signature]:
-    """Every served model's signature for the model described by ``cfg``."""
+def id_dtype(schema: dict) -> str:
+    """The wire dtype of the data set's item ids: "int64" or "bytes"."""
+    return "bytes" if schema["id_type"] == "string" else "int64"
+
+
+def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
+    """Every served model's signature for the model described by ``cfg`` over the data set
+    described by ``schema`` (``grank.data.schema``, stored in the checkpoint)."""
     R, d = cfg.model.ranker_history, cfg.model.d_model
     k1, k2 = cfg.eval.k1, cfg.eval.k2
-    hist = Tensor("history_ids", "int64", (R,),
-                  "dense item ids, newest last, left padded with 0; at least one > 0")
-    rat = Tensor("history_ratings", "int64", (R,), f"ratings 1..{MAX_RATING} aligned with "
-                 "history_ids; 0 in padding slots")
-    feats = Tensor("user_features", "int64", (N_USER_FEATURES,),
-                   "gender, age bucket, occupation, zip digit (0 = unknown)")
+    n_feats, n_events, ids_t = len(schema["user_features"]), len(schema["events"]), id_dtype(schema)
+    pad = PADDING[ids_t].decode() if ids_t == "bytes" else PADDING[ids_t]
+    own = Tensor("history_ids", ids_t, (R,), f"the data set's item ids, newest last, left padded "
+                 f"with {pad!r}; at least one real item")
+    dense = Tensor("history_ids", "int64", (R,), "dense item ids 1..N, newest last, left padded with 0")
+    events = Tensor("history_events", "int64", (R,), f"event codes 1..{n_events} aligned with "
+                    "history_ids (ratings for MovieLens); 0 in padding slots")
+    feats = (Tensor("user_features", "int64", (n_feats,), "one code per user feature of the data "
+                    "set (0 = unknown)"),) if n_feats else ()
     user = Tensor("user_embedding", "float32", (d,), "the Generator's user vector U")
     cids = Tensor("candidate_ids", "int64", (k1,), "MIPS top-k1 dense ids, best first")
     cscores = Tensor("candidate_scores", "float32", (k1,), "<user_embedding, item vector> / tau")
-    ids = Tensor("item_ids", "int64", (k2,), "the Ranker's top-k2 dense ids, best first")
-    scores = Tensor("scores", "float32", (k2,), "Ranker scores of item_ids")
+    ranked = Tensor(RANKED_IDS, "int64", (k2,), "the Ranker's top-k2 dense ids, best first")
+    scores = Tensor("scores", "float32", (k2,), "Ranker scores of item_ids, best first")
+    ids = Tensor("item_ids", ids_t, (k2,), "the data set's ids of the Ranker's top-k2, best first")
+    names = Tensor("item_names", "bytes", (k2,), "display names of item_ids")
     when = (Tensor(REQUEST_TIME, "int64", (1,), "Unix seconds of the request (>= 0): the "
                    "Ranker's popularity features count the days before it"),) \
         if takes_request_time(cfg) else ()
-    request = (hist, rat, feats) + when
-    checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc) for t in request)
+    request = (own, events) + feats + when
+    checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc)
+                    for t in (dense, events) + feats + when)
     return {
-        ENSEMBLE: Signature(ENSEMBLE, request, (ids, scores)),
+        ENSEMBLE: Signature(ENSEMBLE, request, (ids, names, scores)),
         VALIDATE: Signature(VALIDATE, request, checked),
-        USER_ENCODER: Signature(USER_ENCODER, (hist, rat, feats), (user,)),
-        MIPS: Signature(MIPS, (user, hist), (cids, cscores)),
-        RANKER: Signature(RANKER, (user, hist, rat, cids) + when, (ids, scores)),
+        USER_ENCODER: Signature(USER_ENCODER, (dense, events) + feats, (user,)),
+        MIPS: Signature(MIPS, (user, dense), (cids, cscores)),
+        RANKER: Signature(RANKER, (user, dense, events, cids) + when, (ranked, scores)),
+        CATALOGUE: Signature(CATALOGUE, (ranked,), (ids, names)),
     }
 
 
-VALIDATED_PREFIX = "valid_"  # the validator's outputs: its inputs, unchanged, once checked
+def mips_signature(cfg: Config) -> Signature:
+    """The MIPS model's signature alone: it depends on no data-set property (benchmarks)."""
+    return signatures(cfg, {"user_features": [], "events": ["interaction"], "id_type": "int64"})[MIPS]
+
+
+VALIDATED_PREFIX = "valid_"  # the validator's outputs: its inputs once checked (ids made dense)
+RANKED_IDS = "ranked_ids"    # the Ranker's dense ids, which the catalogue step turns into the caller's

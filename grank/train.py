@@ -32,7 +32,7 @@ from .batches import epoch_samples, windows
 from .blend import applies as blend_applies, fit_blend
 from .checkpoint import FORMAT_VERSION, build_model, load_checkpoint, read, save
 from .config import Config, effective_dict
-from .data import Interactions, Split, fingerprint, split as make_split
+from .data import Interactions, Split, split as make_split
 from .evaluate import evaluate_model
 from .generator import MASKED
 from .model import GRank
@@ -40,7 +40,7 @@ from .model import GRank
 
 def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Config) -> dict:
     """Arrays for one training step. hist_*: [B, R]; ntp_targets: [B, L] (0 = no loss at that
-    slot); target: [B] = seq[end]; user_feats: [B, 4]."""
+    slot); target: [B] = seq[end]; user_feats: [B, F]."""
     m = cfg.model
     ids, rat, times = windows(data, users, ends, m.ranker_history, times=True)
     target = data.items[data.offsets[users] + ends]
@@ -195,12 +195,11 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
         state = ck["state"]
         trained_config = ck["config"]  # may differ only in settings this variant does not use
         print(f"resumed {last} at epoch {state['epoch']}")
-    fp = fingerprint(data)
 
     def checkpoint(path: Path):
         save(path, dict(config=trained_config, model=model.state_dict(), optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
-                        numpy_rng=rng.bit_generator.state, state=state, data_fingerprint=fp))
+                        numpy_rng=rng.bit_generator.state, state=state), data)
 
     for epoch in range(state["epoch"], cfg.train.epochs):
         model.train()
@@ -262,7 +261,7 @@ def fit_saved_blend(best: str | Path, data: Interactions, progress: bool = True)
         info["val_before"] = {k: round(ck["state"]["best"][k], 5) for k in ("HR@10", "NDCG@10")}
         info["val_after"] = {k: round(val[k], 5) for k in ("HR@10", "NDCG@10")}
         ck["model"], ck["blend"] = {k: v.cpu() for k, v in model.state_dict().items()}, info
-        save(best, ck)
+        save(best, ck, data)
     print(json.dumps({"blend": ck["blend"]}))
     return ck["blend"]
 

@@ -2,23 +2,68 @@
 
 numpy only and free of package imports: the repository builder copies this file next to the
 validator's ``model.py``, so it runs inside Triton's Python backend stub (here and in the NGC
-container) without the ``grank`` package. Every message names the field and the constraint.
-Triton itself already rejects wrong dtypes, wrong per-row shapes and batches above
-``max_batch_size`` with messages naming the input.
+container) without the ``grank`` package, and the client library needs nothing but numpy.
+Every message names the field and the constraint. Triton itself already rejects wrong dtypes,
+wrong per-row shapes and batches above ``max_batch_size`` with messages naming the input.
+
+Requests carry the data set's own item ids (int64, or strings as bytes); ``Catalogue`` turns
+them into the model's dense ids 1..N (0 = padding) and back.
 """
 from __future__ import annotations
 
 import numpy as np
 
-MAX_RATING = 5
+PADDING_INT = -1   # the caller's id of an empty history slot, int64 catalogues
+PADDING_STR = b""  # ... string catalogues
 
 
-def limits_dict(n_items: int, history_length: int, user_feature_sizes, request_time: bool = False) -> dict:
-    """What the checks need to know about one model version (stored as ``limits.json``);
-    ``request_time``: whether requests carry their time (a Ranker using popularity)."""
-    return {"n_items": int(n_items), "history_length": int(history_length),
-            "user_feature_sizes": [int(s) for s in user_feature_sizes], "max_rating": MAX_RATING,
+def limits_dict(schema: dict, history_length: int, request_time: bool = False) -> dict:
+    """What the checks need to know about one model version (stored as ``limits.json``):
+    from the data set's ``schema`` (``grank.data.schema``) the catalogue size, the id type, the
+    event codes and the user features' sizes; the served history length; ``request_time``:
+    whether requests carry their time (a Ranker using popularity)."""
+    return {"n_items": int(schema["n_items"]), "history_length": int(history_length),
+            "id_type": schema["id_type"], "n_events": len(schema["events"]),
+            "user_feature_sizes": [len(f["values"]) for f in schema["user_features"]],
             "request_time": bool(request_time)}
+
+
+class Catalogue:
+    """The data set's item ids by dense id: ``ids`` [N] (dense id i + 1 at position i), sorted
+    as ``grank.data`` builds them (int64, or str for string catalogues)."""
+
+    def __init__(self, ids, names=None):
+        self.strings = not np.issubdtype(np.asarray(ids).dtype, np.integer)
+        self.ids = np.asarray(ids, dtype=str if self.strings else np.int64)
+        self.names = None if names is None else np.asarray([n.encode() for n in names], dtype=object)
+
+    def to_dense(self, history_ids) -> tuple[np.ndarray, str | None]:
+        """[B, R] own ids (int64, or bytes/str objects) -> ([B, R] int64 dense ids, 0 in padding;
+        an error message naming the first unknown id, or None)."""
+        a = np.asarray(history_ids)
+        if self.strings:
+            text = np.array([x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                             for x in a.ravel()], dtype=str).reshape(a.shape)
+            pad = text == PADDING_STR.decode()
+        else:
+            text, pad = a, a == PADDING_INT
+        pos = np.minimum(np.searchsorted(self.ids, text), len(self.ids) - 1)
+        known = self.ids[pos] == text
+        bad = ~known & ~pad
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            return np.zeros(a.shape, np.int64), (f"history_ids: item {text[r, c]!r} is not in the served "
+                                                 f"catalogue ({len(self.ids):,} items) at row {r} slot {c}")
+        return np.where(pad, 0, pos + 1).astype(np.int64), None
+
+    def to_own(self, dense) -> np.ndarray:
+        """[B, K] dense ids 1..N -> the data set's ids (int64, or bytes objects)."""
+        out = self.ids[np.asarray(dense) - 1]
+        return np.vectorize(lambda s: s.encode(), otypes=[object])(out) if self.strings else out
+
+    def names_of(self, dense) -> np.ndarray:
+        """[B, K] dense ids 1..N -> display names, bytes objects."""
+        return self.names[np.asarray(dense) - 1]
 
 
 def _first(mask: np.ndarray) -> str:
@@ -26,15 +71,19 @@ def _first(mask: np.ndarray) -> str:
     return f"row {r} slot {c}"
 
 
-def check_request(history_ids, history_ratings, user_features, limits: dict,
+def check_request(history_ids, history_events, user_features, limits: dict,
                   request_time=None) -> str | None:
-    """Arrays of one request ([B, R], [B, R], [B, F] int64, and [B, 1] int64 Unix seconds where
+    """Arrays of one request after ``Catalogue.to_dense`` ([B, R] int64 dense ids, [B, R]
+    int64 event codes, [B, F] int64 or None when F = 0, and [B, 1] int64 Unix seconds where
     ``limits["request_time"]``). Returns None when valid, else a message naming the first
     violated field and its constraint."""
     n, R = limits["n_items"], limits["history_length"]
     sizes = limits["user_feature_sizes"]
-    fields = [("history_ids", history_ids, R), ("history_ratings", history_ratings, R),
-              ("user_features", user_features, len(sizes))]
+    fields = [("history_ids", history_ids, R), ("history_events", history_events, R)]
+    if sizes:
+        if user_features is None:
+            return f"user_features: required by this model version ([batch, {len(sizes)}] int64)"
+        fields.append(("user_features", user_features, len(sizes)))
     if limits.get("request_time"):
         if request_time is None:
             return "request_time: required by this model version ([batch, 1] int64 Unix seconds)"
@@ -54,21 +103,22 @@ def check_request(history_ids, history_ratings, user_features, limits: dict,
                     f"at row {int(np.flatnonzero(bad)[0])}")
     bad = (history_ids < 0) | (history_ids > n)
     if bad.any():
-        return (f"history_ids: item ids must be in 0..{n} (0 = padding), got "
+        return (f"history_ids: dense item ids must be in 0..{n} (0 = padding), got "
                 f"{int(history_ids[bad][0])} at {_first(bad)}")
     real = history_ids > 0
     empty = ~real.any(1)
     if empty.any():
-        return f"history_ids: row {int(np.flatnonzero(empty)[0])} is empty; at least one item id > 0 is required"
+        return f"history_ids: row {int(np.flatnonzero(empty)[0])} is empty; at least one item is required"
     late_pad = ~real[:, 1:] & real[:, :-1]  # a padding slot after an item
     if late_pad.any():
         r, c = np.argwhere(late_pad)[0]
-        return (f"history_ids: padding (0) must come before the items (left padded, newest item "
-                f"last); row {r} has 0 at slot {c + 1} after an item")
-    bad = (history_ratings < 0) | (history_ratings > limits["max_rating"])
+        return (f"history_ids: padding must come before the items (left padded, newest item "
+                f"last); row {r} has padding at slot {c + 1} after an item")
+    E = limits["n_events"]
+    bad = real & ((history_events < 1) | (history_events > E)) | ~real & (history_events != 0)
     if bad.any():
-        return (f"history_ratings: must be in 0..{limits['max_rating']} (0 = padding/unknown), got "
-                f"{int(history_ratings[bad][0])} at {_first(bad)}")
+        return (f"history_events: event codes must be in 1..{E} for items and 0 in padding, got "
+                f"{int(history_events[bad][0])} at {_first(bad)}")
     for j, s in enumerate(sizes):
         col = user_features[:, j]
         bad = (col < 0) | (col >= s)

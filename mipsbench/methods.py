@@ -63,10 +63,10 @@ class Method:
 def _mips_signature(d: int, k: int):
     """The served MIPS signature for a d-wide table, k candidates and the served history."""
     from grank.config import make_config
-    from grank.signatures import MIPS, signatures
+    from grank.signatures import mips_signature
     cfg = make_config("default", overrides={"model.d_model": d, "eval.k1": k, "eval.k2": 1, "eval.ks": (1,),
                                             "model.ranker_history": SERVED_HISTORY})
-    return signatures(cfg)[MIPS]
+    return mips_signature(cfg)
 
 
 class GrankMips(Method):

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window")
     p.add_argument("--stability", type=int, default=25,
                    help="allowed %% variation between measurement windows (perf_analyzer -s)")
-    p.add_argument("--dataset", default="ml-1m", help="where the real users come from")
+    p.add_argument("--dataset", default=None,
+                   help="where the replayed users come from (default: the data set the server says it serves)")
     p.add_argument("--out", default="artifacts/perf", help="folder for perf.csv, the log, command.txt, perf.png")
     p = sub.add_parser("plan", help="capacity planner: machines / GPUs / servers for a target QPS and p99")
     p.add_argument("--qps", type=float, required=True, help="target queries (users) per second")
@@ -78,12 +79,12 @@ def main(argv=None) -> int:
 
     from .sweep import sweep
     try:
-        client = GRankClient(a.url, a.protocol, data=load(a.dataset))
+        client = GRankClient(a.url, a.protocol)
     except InferenceServerException as e:
         print(f"error: server {a.url}: {e} (start one with `make serve`)", file=sys.stderr)
         return 2
     try:
-        res = sweep(client, a.url, a.protocol, Path(a.out), concurrency=a.concurrency,
+        res = sweep(client, load(a.dataset or client.schema["dataset"]), a.url, a.protocol, Path(a.out), concurrency=a.concurrency,
                     request_rate=a.request_rate, batch=a.batch, interval_ms=a.interval_ms,
                     stability=a.stability)
     except RuntimeError as e:
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
 def _tune(a) -> int:
     import time
 
-    from grank.checkpoint import served_config_of
+    from grank.checkpoint import read, served_config_of
     from grank.data import load
     from mipsbench.floor import gemm_gflops, measured_rates, read_bandwidth_gbs
 
@@ -122,6 +123,7 @@ def _tune(a) -> int:
         return 2
     # the shape the built repository serves (grank.config.ServeConfig)
     cfg, blended = served_config_of(a.checkpoint)
+    schema = read(a.checkpoint)["dataset"]
     data = load(cfg.dataset)
     out = Path(a.out)
     models, n_items = None, data.n_items
@@ -136,7 +138,7 @@ def _tune(a) -> int:
             print(f"{name}: re-exporting with {SHAPES[v]} and evaluating that shape ...")
             r, vcfg, quality = shape_repository(a.checkpoint, name, SHAPES[v], out / name, data)
         else:
-            r, vcfg = variant_repository(repo, out / name / "repository", cfg, VARIANTS[v], models), cfg
+            r, vcfg = variant_repository(repo, out / name / "repository", cfg, schema, VARIANTS[v], models), cfg
             quality = {}
             if v == "default" and not a.items and not a.request_rate:  # the shapes' baseline (~1 min)
                 from grank.checkpoint import load_checkpoint

@@ -40,13 +40,19 @@ def perf_env() -> dict:
     return env
 
 
-def write_input_data(client, path: Path, n_users: int = 200, seed: int = 0) -> Path:
-    """perf_analyzer input JSON: one entry per real user (newest R ratings + profile)."""
+def write_input_data(client, data, path: Path, n_users: int = 200, seed: int = 0) -> Path:
+    """perf_analyzer input JSON: one entry per real user of ``data`` (the data set the served
+    model was trained on), replayed as a caller sends it (``grank.replay``: own item ids,
+    events, profile, time) in the shapes the server's config says."""
+    from grank.replay import user_requests
     rng = np.random.default_rng(seed)
-    users = rng.choice(client.data.user_ids, size=min(n_users, len(client.data.user_ids)), replace=False)
-    arrays = client.user_request(users)
+    users = rng.choice(data.n_users, size=min(n_users, data.n_users), replace=False)
+    arrays = user_requests(data, users, client.history_length, client.input_names)
     client.check(arrays)
-    entries = [{name: {"content": a[i].tolist(), "shape": list(a.shape[1:])} for name, a in arrays.items()}
+
+    def content(a):  # perf_analyzer reads BYTES elements as JSON strings
+        return [x.decode() for x in a.ravel()] if a.dtype == object else a.ravel().tolist()
+    entries = [{name: {"content": content(a[i]), "shape": list(a.shape[1:])} for name, a in arrays.items()}
                for i in range(len(users))]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": entries}))
@@ -105,11 +111,12 @@ def plot(rows: list[dict], png: Path, title: str) -> Path:
     return png
 
 
-def sweep(client, url: str, protocol: str, out: Path, **kw) -> dict:
-    """Run one perf_analyzer sweep; writes command.txt, perf.csv, perf_analyzer.log, perf.png."""
+def sweep(client, data, url: str, protocol: str, out: Path, **kw) -> dict:
+    """Run one perf_analyzer sweep with requests replayed from ``data``; writes command.txt,
+    perf.csv, perf_analyzer.log, perf.png."""
     out.mkdir(parents=True, exist_ok=True)
-    data = write_input_data(client, out / "input_data.json")
-    cmd = command(url, protocol, data, out / "perf.csv", **kw)
+    inputs = write_input_data(client, data, out / "input_data.json")
+    cmd = command(url, protocol, inputs, out / "perf.csv", **kw)
     (out / "command.txt").write_text(shlex.join(cmd) + "\n")
     r = subprocess.run(cmd, capture_output=True, text=True, env=perf_env())
     (out / "perf_analyzer.log").write_text(r.stdout + r.stderr)

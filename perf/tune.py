@@ -106,13 +106,14 @@ def parse_breakdown(log: str) -> dict[float, dict[str, dict]]:
     return out
 
 
-def variant_repository(src: Path, dst: Path, cfg, serving: Serving, models: dict | None = None) -> Path:
+def variant_repository(src: Path, dst: Path, cfg, schema: dict, serving: Serving,
+                       models: dict | None = None) -> Path:
     """Copy the built repository ``src`` to ``dst`` with configs regenerated for ``serving``;
     ``models``: model name -> an .onnx file to put in place of that model's version 1."""
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    write_configs(cfg, dst, serving)
+    write_configs(cfg, schema, dst, serving)
     for name, onnx_path in (models or {}).items():
         vdir = dst / name / "1"
         for f in vdir.glob("model.onnx*"):
@@ -139,7 +140,7 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     from grank.checkpoint import load_checkpoint
 
     from mipsbench.geometry import fit_mixture, sample
-    model, cfg, _ = load_checkpoint(checkpoint, served=True)  # the shape of the repository's encoder
+    model, cfg, ck = load_checkpoint(checkpoint, served=True)  # the shape of the repository's encoder
     real = model.item_vectors().detach()
     if n_items <= len(real) - 1:
         raise ValueError(f"--items: must exceed the real catalogue ({len(real) - 1}), got {n_items}")
@@ -150,10 +151,10 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     graphs = {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau).eval(),
               RANKER: ranker}
     arrays = pipeline_arrays(graphs, real_inputs(load(cfg.dataset), cfg, 16, seed))
-    sigs = signatures(cfg)
+    sigs = signatures(cfg, ck["dataset"])
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: export_one(graphs[name], sigs[name], arrays, out / f"{name}.onnx") for name in (MIPS, RANKER)}
-    bad = {k: v for k, v in check_onnx(paths, cfg, arrays).items() if v}
+    bad = {k: v for k, v in check_onnx(paths, cfg, ck["dataset"], arrays).items() if v}
     if bad:
         raise RuntimeError(f"{n_items:,}-item graphs disagree with PyTorch: {bad}")
     return paths
@@ -182,9 +183,9 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
     from .sweep import sweep
     rows = []
     with TritonServer(repo, work_dir=out / "triton") as s:
-        client = GRankClient(s.grpc_url if protocol == "grpc" else s.http_url, protocol, data=client_data)
+        client = GRankClient(s.grpc_url if protocol == "grpc" else s.http_url, protocol)
         t = time.time()
-        res = sweep(client, s.grpc_url if protocol == "grpc" else s.http_url, protocol, out,
+        res = sweep(client, client_data, s.grpc_url if protocol == "grpc" else s.http_url, protocol, out,
                     concurrency=None if request_rate else concurrency, request_rate=request_rate,
                     interval_ms=interval_ms, stability=stability)
         log(f"  {name} {protocol}: {len(res['rows'])} points in {time.time() - t:.0f} s")

@@ -176,8 +176,8 @@ def test_training_without_the_fit_keeps_ranker_fusion(ml100k, tiny_cfg, tmp_path
 def test_results_fit_a_run_trained_without_the_fit(ml100k, tmp_path):
     """`grank results` on a finished run trained with train.fit_blend=false: the fit is a step
     after training, so the run is reused, not retrained, and only its blend is fitted."""
-    from grank.report import run_row
-    out = tmp_path / "tiny" / "grank"
+    from grank.report import run_dir, run_row
+    out = run_dir(tmp_path, "ml-100k", "tiny", "grank")
     unfitted = train(make_config("tiny", "grank", overrides={"train.fit_blend": False}), ml100k, out, progress=False)
     assert "blend" not in unfitted
     (out / "last.pt").unlink()  # nothing to resume from: a retraining would start over

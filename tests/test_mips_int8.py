@@ -9,7 +9,7 @@ import torch
 from export.mips_int8 import ITEM_QMAX, int8_mips_model, quantize_table
 from grank.config import make_config
 from grank.mips import mips_top_k, topk_disagreements
-from grank.signatures import MIPS, signatures
+from grank.signatures import mips_signature
 
 N, D, K, R = 6000, 32, 40, 24
 
@@ -22,7 +22,7 @@ def setup():
     table = np.concatenate([np.zeros((1, D)), items]).astype(np.float32)
     cfg = make_config("default", overrides={"model.d_model": D, "eval.k1": K, "eval.k2": 1, "eval.ks": (1,),
                                             "model.ranker_history": R, "serve.k1": 0, "serve.history": 0})
-    sig = signatures(cfg)[MIPS]
+    sig = mips_signature(cfg)
     sess = ort.InferenceSession(int8_mips_model(table, K, sig, tau=0.5).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     users = (centres[rng.integers(0, 30, 32)] + rng.standard_normal((32, D))).astype(np.float32)

@@ -10,8 +10,8 @@ from perf.sweep import sweep, write_input_data
 
 
 def test_input_data_is_real_users_in_signature_shapes(triton_server, ml100k, tmp_path):
-    c = GRankClient(triton_server.grpc_url, "grpc", data=ml100k)
-    d = json.loads(write_input_data(c, tmp_path / "in.json", n_users=20).read_text())["data"]
+    c = GRankClient(triton_server.grpc_url, "grpc")
+    d = json.loads(write_input_data(c, ml100k, tmp_path / "in.json", n_users=20).read_text())["data"]
     assert len(d) == 20
     names = [t["name"] for t in c.client.get_model_config("grank", as_json=True)["config"]["input"]]
     assert "request_time" in names  # the default Ranker counts popularity before the request
@@ -19,12 +19,13 @@ def test_input_data_is_real_users_in_signature_shapes(triton_server, ml100k, tmp
         assert set(e) == set(names)
         assert e["request_time"]["shape"] == [1] and e["request_time"]["content"][0] > 0
         assert e["history_ids"]["shape"] == [c.history_length] and len(e["history_ids"]["content"]) == c.history_length
-        assert max(e["history_ids"]["content"]) > 0
+        ids = e["history_ids"]["content"]  # the data set's own ids, -1 in padding
+        assert max(ids) > 0 and set(ids) - {-1} <= set(ml100k.item_ids[1:].tolist())
 
 
 def test_short_concurrency_sweep(triton_server, ml100k, tmp_path):
-    c = GRankClient(triton_server.grpc_url, "grpc", data=ml100k)
-    res = sweep(c, triton_server.grpc_url, "grpc", tmp_path, concurrency="1:2:1", interval_ms=1000,
+    c = GRankClient(triton_server.grpc_url, "grpc")
+    res = sweep(c, ml100k, triton_server.grpc_url, "grpc", tmp_path, concurrency="1:2:1", interval_ms=1000,
                 stability=100)  # a smoke run on a busy machine: any stable-ish window will do
     assert [r["load"] for r in res["rows"]] == [1, 2]
     for r in res["rows"]:
@@ -68,12 +69,13 @@ def test_breakdown_parsed_per_load_and_model():
     assert b[2.0]["grank_ranker"]["compute_infer_ms"] == 4.721 and b[4.0]["grank_mips"]["queue_ms"] == 2.0
 
 
-def test_serving_settings_reach_the_configs_and_bad_ones_are_refused(tiny_repository, tiny_cfg, tmp_path):
+def test_serving_settings_reach_the_configs_and_bad_ones_are_refused(tiny_repository, tiny_cfg, ml100k, tmp_path):
     import pytest
 
     from export.repository import Serving
+    from grank.data import schema
     from perf.tune import variant_repository
-    r = variant_repository(tiny_repository, tmp_path / "repo", tiny_cfg,
+    r = variant_repository(tiny_repository, tmp_path / "repo", tiny_cfg, schema(ml100k),
                            Serving(max_queue_delay_us=0, instances=2, intra_op_threads=1))
     text = (r / "grank_ranker" / "config.pbtxt").read_text()
     assert "max_queue_delay_microseconds: 0" in text and "count: 2" in text
@@ -82,7 +84,7 @@ def test_serving_settings_reach_the_configs_and_bad_ones_are_refused(tiny_reposi
     assert (r / "grank_ranker" / "1" / "model.onnx").exists()
     with pytest.raises(ValueError, match="serving.instances"):
         Serving(instances=-1)
-    r = variant_repository(tiny_repository, tmp_path / "repo2", tiny_cfg, Serving(mips_intra_op_threads=2))
+    r = variant_repository(tiny_repository, tmp_path / "repo2", tiny_cfg, schema(ml100k), Serving(mips_intra_op_threads=2))
     assert 'string_value: "2"' in (r / "grank_mips" / "config.pbtxt").read_text()
     assert 'string_value: "1"' in (r / "grank_ranker" / "config.pbtxt").read_text()
     with pytest.raises(ValueError, match="serving.mips_intra_op_threads: must be an integer >= 0"):
@@ -94,14 +96,17 @@ def test_tune_serves_a_variant_and_records_rows(tiny_repository, tiny_cfg, ml100
     rendered: the path `python -m perf tune` takes."""
     from export.repository import Serving
     from perf.ensemble_report import ensemble_markdown
+    from grank.data import schema
     from perf.tune import merge, run_variant, variant_repository
-    r = variant_repository(tiny_repository, tmp_path / "repo", tiny_cfg, Serving(instances=2, intra_op_threads=1))
+    r = variant_repository(tiny_repository, tmp_path / "repo", tiny_cfg, schema(ml100k),
+                           Serving(instances=2, intra_op_threads=1))
     rows = run_variant("inst2", r, "grpc", tmp_path / "run", ml100k, ml100k.n_items, concurrency="1:2:1",
                        interval_ms=1000, stability=100)
     assert [x["load"] for x in rows] == [1, 2]
     for x in rows:
         assert x["stage"] == "ensemble" and x["qps"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"]
-        assert set(x["models"]) == {"grank_validate", "grank_user_encoder", "grank_mips", "grank_ranker"}
+        assert set(x["models"]) == {"grank_validate", "grank_user_encoder", "grank_mips", "grank_ranker",
+                                    "grank_catalogue"}
         words = x["command"].split()
         assert words[0].endswith("perf_analyzer") and words[1:3] == ["-m", "grank"]
         assert not [w for w in words if w.startswith("/")], x["command"]  # nothing machine-specific

@@ -57,10 +57,9 @@ def test_requests_outside_the_data_and_on_the_same_day():
     # one user rates items 1 2 1 2 1 2 1 on days 0 0 1 9 12 20 20; the last two are held out
     days = np.array([0, 0, 1, 9, 12, 20, 20])
     data = Interactions(name="t", items=np.array([1, 2, 1, 2, 1, 2, 1]), ratings=np.full(7, 4, np.int8),
-                        offsets=np.array([0, 7]), user_feats=np.zeros((1, 4), np.int64),
-                        user_feat_sizes=(2, 7, 21, 11), item_genres=np.zeros((3, 18), np.float32),
-                        item_year=np.zeros(3, np.int64), user_ids=np.array([1]),
-                        item_movie_ids=np.arange(3), titles=["", "a", "b"], times=t0 + DAY * days + 5)
+                        offsets=np.array([0, 7]), user_feats=np.zeros((1, 0), np.int64),
+                        user_feat_sizes=(), item_features=[], user_ids=np.array([1]),
+                        item_ids=np.arange(3), names=["", "a", "b"], times=t0 + DAY * days + 5)
     pop = RecentPopularity.from_data(data)
     ids = torch.tensor([[1, 2]])
 

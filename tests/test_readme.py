@@ -59,18 +59,31 @@ def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_results_table_matches_docs_results():
-    """The README's results table holds the measured rows of docs/results.json, every row of it,
-    and the published anchors as docs/results.json records them."""
-    res = json.loads((ROOT / "docs" / "results.json").read_text())
-    rows = {r["model"]: r for r in res["rows"]}
-    quoted = re.findall(r"^\| `(\w+)`[^|]*\| ([0-9.]+) \| ([0-9.]+) \|$", README, re.M)
-    assert {m for m, _, _ in quoted} == set(rows), "the README's table lists every results row"
-    for model, hr, ndcg in quoted:
-        assert (rows[model]["HR@10"], rows[model]["NDCG@10"]) == (float(hr), float(ndcg)), model
-    anchors = {a["model"].split(" (")[0]: a for a in res["published_anchors"]}
-    for name, hr, ndcg in re.findall(r"^\| (\w+), published[^|]*\| ([0-9.]+) \| ([0-9.]+) \|$", README, re.M):
-        assert (anchors[name]["HR@10"], anchors[name]["NDCG@10"]) == (float(hr), float(ndcg)), name
+SECTIONS = {"MovieLens-1M": "ml-1m", "Pinterest-20": "pinterest-20"}
+
+
+def test_readme_results_tables_match_docs_results():
+    """Each data set's table in the README holds the measured rows of its section of
+    docs/results.json, every row of it, and the published anchors as that section records them
+    (sampled-protocol anchors in their own column)."""
+    every = json.loads((ROOT / "docs" / "results.json").read_text())
+    results = README.split("## Results", 1)[1].split("\n## ", 1)[0]
+    sections = dict(re.findall(r"^### (\S+)\n(.*?)(?=^### |\Z)", results, re.M | re.S))
+    assert set(sections) == set(SECTIONS) and set(SECTIONS.values()) == set(every)
+    for title, text in sections.items():
+        res = every[SECTIONS[title]]
+        rows = {r["model"]: r for r in res["rows"]}
+        quoted = re.findall(r"^\| `(\w+)`[^|]*\| ([0-9.]+) \| ([0-9.]+) \|(?: ([0-9.]+) \|)?$", text, re.M)
+        assert {m for m, *_ in quoted} == set(rows), f"{title}: the table lists every results row"
+        for model, hr, ndcg, sampled in quoted:
+            assert (rows[model]["HR@10"], rows[model]["NDCG@10"]) == (float(hr), float(ndcg)), model
+            if sampled:
+                assert rows[model]["sampled_HR@10"] == float(sampled), model
+        anchors = {a["model"].split(" (")[0]: a for a in res["published_anchors"]}
+        for name, cols in re.findall(r"^\| (\w+), published[^|]*\|(.*)\|$", text, re.M):
+            a, cells = anchors[name], [c.strip() for c in cols.split("|")]
+            values = [a.get("HR@10"), a.get("NDCG@10"), a.get("sampled_HR@10")][:len(cells)]
+            assert [None if c == "-" else float(c) for c in cells] == values, name
 
 
 def test_readme_ensemble_numbers_match_docs_performance():

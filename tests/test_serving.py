@@ -1,6 +1,7 @@
 """The real Triton server (session-scoped fixture ``triton_server``, tiny repository on free ports):
-every model answers, the ensemble equals the offline pipeline over gRPC and HTTP, bad input
-gets errors naming the field, and the server keeps answering afterwards."""
+every model answers, the ensemble equals the offline pipeline over gRPC and HTTP for callers
+sending the data set's own item ids, bad input gets errors naming the field, and the server
+keeps answering afterwards."""
 import asyncio
 import concurrent.futures as cf
 
@@ -11,10 +12,12 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client.grank_client import GRankClient
-from client.selfcheck import self_check
-from grank.signatures import ENSEMBLE, MIPS, RANKER, USER_ENCODER, VALIDATE, signatures
+from grank.replay import own_ids
+from grank.signatures import CATALOGUE, ENSEMBLE, MIPS, RANKER, USER_ENCODER, VALIDATE, signatures
+from serve.selfcheck import self_check
 
 MODULES = {"grpc": grpcclient, "http": httpclient}
+WIRE = {np.dtype("int64"): "INT64", np.dtype("float32"): "FP32", np.dtype(object): "BYTES"}
 
 
 def raw_infer(server, protocol, model, arrays, sig):
@@ -23,7 +26,7 @@ def raw_infer(server, protocol, model, arrays, sig):
     ins = []
     for t in sig.inputs:
         a = arrays[t.name]
-        x = m.InferInput(t.name, list(a.shape), {np.dtype("int64"): "INT64", np.dtype("float32"): "FP32"}.get(a.dtype, "FP64"))
+        x = m.InferInput(t.name, list(a.shape), WIRE.get(a.dtype, "FP64"))
         x.set_data_from_numpy(a)
         ins.append(x)
     r = c.infer(model, ins)
@@ -31,63 +34,93 @@ def raw_infer(server, protocol, model, arrays, sig):
 
 
 @pytest.fixture(scope="module")
-def clients(triton_server, ml100k):
-    return {"grpc": GRankClient(triton_server.grpc_url, "grpc", data=ml100k),
-            "http": GRankClient(triton_server.http_url, "http", data=ml100k)}
+def clients(triton_server):
+    return {"grpc": GRankClient(triton_server.grpc_url, "grpc"),
+            "http": GRankClient(triton_server.http_url, "http")}
+
+
+def _sigs(tiny_export):
+    return signatures(tiny_export.cfg, tiny_export.ck["dataset"])
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_every_composing_model_answers(triton_server, tiny_export, protocol):
-    sigs, a = signatures(tiny_export.cfg), tiny_export.arrays
+    sigs, a = _sigs(tiny_export), tiny_export.arrays
     batch = {k: v[:8] for k, v in a.items()}
-    out = raw_infer(triton_server, protocol, VALIDATE, batch, sigs[VALIDATE])
-    np.testing.assert_array_equal(out["valid_history_ids"], batch["history_ids"])
+    own = {**batch, "history_ids": own_ids(tiny_export.data, batch["history_ids"])}
+    out = raw_infer(triton_server, protocol, VALIDATE, own, sigs[VALIDATE])
+    np.testing.assert_array_equal(out["valid_history_ids"], batch["history_ids"])  # made dense
+    np.testing.assert_array_equal(out["valid_history_events"], batch["history_events"])
     out = raw_infer(triton_server, protocol, USER_ENCODER, batch, sigs[USER_ENCODER])
     np.testing.assert_allclose(out["user_embedding"], batch["user_embedding"], atol=1e-4, rtol=1e-4)
     out = raw_infer(triton_server, protocol, MIPS, batch, sigs[MIPS])
     np.testing.assert_allclose(out["candidate_scores"], batch["candidate_scores"], atol=1e-3)
     out = raw_infer(triton_server, protocol, RANKER, batch, sigs[RANKER])
     np.testing.assert_allclose(out["scores"], batch["scores"], atol=1e-3)
+    out = raw_infer(triton_server, protocol, CATALOGUE, batch, sigs[CATALOGUE])
+    d = tiny_export.data
+    np.testing.assert_array_equal(out["item_ids"], d.item_ids[batch["ranked_ids"]])  # the data set's ids
+    assert [n.decode() for n in out["item_names"][0]] == [d.names[i] for i in batch["ranked_ids"][0]]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_ensemble_equals_offline_pipeline_for_50_real_users(clients, tiny_export, protocol):
-    bad = self_check(clients[protocol], tiny_export.model, tiny_export.cfg, n_users=50, seed=1)
+    bad = self_check(clients[protocol], tiny_export.model, tiny_export.cfg, tiny_export.ck,
+                     tiny_export.data, n_users=50, seed=1)
     assert bad == []
 
 
-def test_async_client(clients):
-    sync = clients["grpc"].recommend_users([1, 2, 3], k=5)
+def test_the_client_learns_everything_from_the_server(clients, tiny_export):
+    c = clients["grpc"]
+    assert (c.history_length, c.k2) == (tiny_export.cfg.model.ranker_history, tiny_export.cfg.eval.k2)
+    assert c.schema["dataset"] == "ml-100k" and not c.strings and c.needs_time
+    assert c.events == ["1", "2", "3", "4", "5"]
+    assert [f["name"] for f in c.features] == ["gender", "age", "occupation", "zip_digit"]
+
+
+def test_async_client(clients, ml100k):
+    items = [int(m) for m in ml100k.item_ids[1:6]]
+    sync = clients["grpc"].recommend(items, k=5, request_time=880_000_000)
     for proto in ("grpc", "http"):
-        got = asyncio.run(clients[proto].recommend_async([1, 2, 3], k=5))
-        assert [[r.movie_id for r in row] for row in got] == [[r.movie_id for r in row] for row in sync]
+        got = asyncio.run(clients[proto].recommend_async(items, k=5, request_time=880_000_000))
+        assert [r.item_id for r in got] == [r.item_id for r in sync]
 
 
-def test_recommend_explicit_history_with_titles(clients, ml100k):
-    movies = [int(m) for m in ml100k.item_movie_ids[1:6]]
-    recs = clients["http"].recommend_history(movies, ratings=[5, 4, 5, 3, 4], k=10)
-    assert len(recs) == 10 and all(r.title for r in recs)
-    assert not {r.movie_id for r in recs} & set(movies)  # the history is never recommended
+def test_recommend_explicit_history_with_names(clients, ml100k):
+    movies = [int(m) for m in ml100k.item_ids[1:6]]
+    recs = clients["http"].recommend(movies, events=["5", "4", 5, "3", 4], k=10,
+                                     user_features={"gender": "F", "occupation": "writer"})
+    assert len(recs) == 10
+    for r in recs:  # the data set's own ids with their names
+        assert r.name == ml100k.names[int(np.flatnonzero(ml100k.item_ids == r.item_id)[0])]
+    assert not {r.item_id for r in recs} & set(movies)  # the history is never recommended
     assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
 
 
 def _good(tiny_export, n=2):
-    return {t.name: tiny_export.arrays[t.name][:n].copy() for t in signatures(tiny_export.cfg)[ENSEMBLE].inputs}
+    """The first ``n`` parity users as a caller sends them: the data set's ids, -1 padding."""
+    sig = _sigs(tiny_export)[ENSEMBLE]
+    a = {t.name: tiny_export.arrays[t.name][:n].copy() for t in sig.inputs}
+    a["history_ids"] = own_ids(tiny_export.data, a["history_ids"])
+    return a
 
 
 def _bad_requests(tiny_export, n_items, R):
-    """(description, arrays, words the server's error must contain)."""
+    """(description, arrays, words the server's error must contain). Ids the catalogue lacks
+    are the server's to catch (only it holds the catalogue)."""
     cases = []
     a = _good(tiny_export); a["history_ids"][0, -1] = -3
-    cases.append(("negative id", a, ["history_ids", "0.."]))
-    a = _good(tiny_export); a["history_ids"][1, -2] = n_items + 1
-    cases.append(("unknown id", a, ["history_ids", str(n_items)]))
-    a = _good(tiny_export); a["history_ids"][0] = 0; a["history_ratings"][0] = 0
+    cases.append(("negative id", a, ["history_ids", "-3", "not in the served catalogue"]))
+    a = _good(tiny_export); a["history_ids"][1, -2] = 10 ** 9
+    cases.append(("unknown id", a, ["history_ids", "1000000000", "not in the served catalogue", "row 1"]))
+    a = _good(tiny_export); a["history_ids"][0] = -1; a["history_events"][0] = 0
     cases.append(("empty history", a, ["history_ids", "empty"]))
-    a = _good(tiny_export); a["history_ids"][0, -1] = 0
+    a = _good(tiny_export); a["history_ids"][0, -1] = -1; a["history_events"][0, -1] = 0
     cases.append(("padding after items", a, ["history_ids", "padding"]))
-    a = _good(tiny_export); a["history_ratings"][0, -1] = 9
-    cases.append(("rating out of range", a, ["history_ratings", "0..5"]))
+    a = _good(tiny_export); a["history_events"][0, -1] = 9
+    cases.append(("event out of range", a, ["history_events", "1..5"]))
+    a = _good(tiny_export); a["history_events"][0, -1] = 0
+    cases.append(("no event for an item", a, ["history_events", "1..5"]))
     a = _good(tiny_export); a["user_features"][0, 2] = 999
     cases.append(("profile out of range", a, ["user_features", "column 2"]))
     a = _good(tiny_export); a["request_time"][1, 0] = -1
@@ -104,7 +137,7 @@ def _bad_requests(tiny_export, n_items, R):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(triton_server, tiny_export, ml100k, protocol):
-    sig = signatures(tiny_export.cfg)[ENSEMBLE]
+    sig = _sigs(tiny_export)[ENSEMBLE]
     good = _good(tiny_export)
     before = raw_infer(triton_server, protocol, ENSEMBLE, good, sig)
     for what, arrays, words in _bad_requests(tiny_export, ml100k.n_items, tiny_export.cfg.model.ranker_history):
@@ -121,26 +154,32 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(triton_server
 def test_client_rejects_bad_input_before_sending(clients, tiny_export, ml100k):
     c = clients["grpc"]
     for what, arrays, words in _bad_requests(tiny_export, ml100k.n_items, tiny_export.cfg.model.ranker_history):
+        if "not in the served catalogue" in words:
+            continue  # the server's to catch: above
         with pytest.raises(ValueError) as e:
             c.infer(arrays)
         field = {"batch-size": "batch", "unexpected shape": "history_ids"}.get(words[0], words[0])
         assert str(e.value).startswith(field), (what, str(e.value))
-    with pytest.raises(ValueError, match="not in the ml-100k catalogue"):
-        c.history_request([1, 999999])
-    with pytest.raises(ValueError, match="at least one movie"):
-        c.history_request([])
+    with pytest.raises(InferenceServerException, match="item 999999 is not in the served catalogue"):
+        c.recommend([1, 999999])
+    with pytest.raises(ValueError, match="row 0 is empty"):
+        c.recommend([])
     with pytest.raises(ValueError, match="at most"):
-        c.history_request([int(m) for m in ml100k.item_movie_ids[1:c.history_length + 2]])
-    with pytest.raises(ValueError, match="user_id"):
-        c.user_request([10 ** 7])
+        c.recommend([int(m) for m in ml100k.item_ids[1:c.history_length + 2]])
+    with pytest.raises(ValueError, match="events: 'loved' is neither an event name"):
+        c.recommend([1, 2], events=["5", "loved"])
+    with pytest.raises(ValueError, match=r"user_features: unknown \['shoe_size'\]"):
+        c.recommend([1, 2], user_features={"shoe_size": 44})
+    with pytest.raises(ValueError, match="user_features: gender='X' is neither one of its values"):
+        c.recommend([1, 2], user_features={"gender": "X"})
 
 
 def test_good_and_bad_requests_interleaved_under_concurrency(triton_server, tiny_export, ml100k):
     """Dynamic batching may put requests from different clients into one batch: a bad request
     must fail alone, and every good one must get its own (correct) answer."""
-    sig = signatures(tiny_export.cfg)[ENSEMBLE]
-    a = tiny_export.arrays
-    bad = _good(tiny_export); bad["history_ids"][0, -1] = ml100k.n_items + 5
+    sig = _sigs(tiny_export)[ENSEMBLE]
+    a = {**tiny_export.arrays, "history_ids": own_ids(tiny_export.data, tiny_export.arrays["history_ids"])}
+    bad = _good(tiny_export); bad["history_ids"][0, -1] = 10 ** 9
 
     def call(i):
         if i % 4 == 3:

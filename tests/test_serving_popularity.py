@@ -9,15 +9,20 @@ import numpy as np
 import torch
 
 from client.grank_client import GRankClient
-from client.selfcheck import self_check
+from grank.replay import user_requests
 from grank.signatures import ENSEMBLE, MIPS, ONNX_MODELS, RANKER, USER_ENCODER, VALIDATE, signatures
 from grank.validation import check_request, limits_dict
+from serve.selfcheck import self_check
+
+SCHEMA = {"n_items": 10, "id_type": "int64", "events": ["1", "2", "3", "4", "5"],
+          "user_features": [{"name": f"f{i}", "values": ["", "a"]} for i in range(4)]}
 
 
 def test_request_time_is_an_input_only_where_the_ranker_uses_it(tiny_export, tiny_cfg):
     from grank.config import apply_overrides
-    with_time = signatures(tiny_export.cfg)
-    without = signatures(apply_overrides(tiny_cfg, {"model.ranker_popularity": False}))
+    schema = tiny_export.ck["dataset"]
+    with_time = signatures(tiny_export.cfg, schema)
+    without = signatures(apply_overrides(tiny_cfg, {"model.ranker_popularity": False}), schema)
     for name in (ENSEMBLE, VALIDATE, RANKER):
         t = with_time[name].input("request_time")
         assert (t.dtype, t.dims) == ("int64", (1,))
@@ -32,7 +37,7 @@ def test_the_exported_ranker_reads_the_request_time(tiny_export):
     popularity-by-day table is inside the graph), and match PyTorch at both."""
     import onnxruntime as ort
     from export.onnx_models import graphs
-    a, sig = tiny_export.arrays, signatures(tiny_export.cfg)[RANKER]
+    a, sig = tiny_export.arrays, signatures(tiny_export.cfg, tiny_export.ck["dataset"])[RANKER]
     sess = ort.InferenceSession(str(tiny_export.paths[RANKER]), providers=["CPUExecutionProvider"])
     ranker = graphs(tiny_export.model, tiny_export.cfg.eval.k1, tiny_export.cfg.eval.k2)[RANKER]
     d = tiny_export.data
@@ -49,7 +54,7 @@ def test_the_exported_ranker_reads_the_request_time(tiny_export):
 
 
 def test_validator_checks_the_request_time():
-    limits = limits_dict(10, 4, (2, 2, 2, 2), request_time=True)
+    limits = limits_dict(SCHEMA, 4, request_time=True)
     ids, rat, feats = np.array([[0, 1, 2, 3]]), np.array([[0, 4, 4, 4]]), np.zeros((1, 4), np.int64)
     assert check_request(ids, rat, feats, limits, np.array([[1_000_000]])) is None
     assert check_request(ids, rat, feats, limits).startswith("request_time: required")
@@ -58,19 +63,19 @@ def test_validator_checks_the_request_time():
     assert check_request(ids, rat, feats, limits, np.array([[1], [2]])).endswith("batch sizes must be equal")
     assert check_request(ids, rat, feats, limits, np.array([[1.5]])).startswith("request_time: dtype must be int64")
     # a model version without the input ignores it
-    assert check_request(ids, rat, feats, limits_dict(10, 4, (2, 2, 2, 2))) is None
+    assert check_request(ids, rat, feats, limits_dict(SCHEMA, 4)) is None
 
 
 def test_served_lists_equal_the_offline_pipeline_at_each_users_time(triton_server, tiny_export, ml100k):
-    """The client replays a MovieLens user at the time of the newest rating it sends; an explicit
-    history goes at the caller's time or the clock's. (Bad times: tests/test_serving.py.)"""
+    """A replayed user goes at the time of the newest interaction it sends; an explicit history
+    at the caller's time or the clock's. (Bad times: tests/test_serving.py.)"""
     for proto, url in (("grpc", triton_server.grpc_url), ("http", triton_server.http_url)):
-        c = GRankClient(url, proto, data=ml100k)
+        c = GRankClient(url, proto)
         assert c.needs_time
-        req, u = c.user_request([1, 2], exclude_last=1), c._user[1]
-        assert req["request_time"][0, 0] == ml100k.times[ml100k.offsets[u + 1] - 2]  # replayed time
-        assert self_check(c, tiny_export.model, tiny_export.cfg, n_users=30, seed=2) == []
-        explicit = c.history_request([1, 2, 3], request_time=123_456_789)
+        req = user_requests(ml100k, [1, 2], c.history_length, c.input_names, exclude_last=1)
+        assert req["request_time"][0, 0] == ml100k.times[ml100k.offsets[2] - 2]  # replayed time
+        assert self_check(c, tiny_export.model, tiny_export.cfg, tiny_export.ck, ml100k, n_users=30, seed=2) == []
+        explicit = c.request([[1, 2, 3]], request_time=[123_456_789])
         assert explicit["request_time"].tolist() == [[123_456_789]]
-        assert abs(int(c.history_request([1, 2, 3])["request_time"][0, 0]) - time.time()) < 60
-        assert len(c.recommend_history([1, 2, 3], k=5)) == 5
+        assert abs(int(c.request([[1, 2, 3]])["request_time"][0, 0]) - time.time()) < 60
+        assert len(c.recommend([1, 2, 3], k=5)) == 5

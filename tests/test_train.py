@@ -156,7 +156,9 @@ def test_results_table_has_every_row(tmp_path):
     """`make evaluate` end to end on the tiny preset: every row trained, evaluated, written."""
     from grank.report import ROWS, results
     res = results("tiny", 0, str(tmp_path / "art"), docs=str(tmp_path / "docs"), command="test")
-    saved = json.loads((tmp_path / "docs" / "results.json").read_text())
+    every = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert list(every) == ["ml-100k"]  # keyed by data set
+    saved = every["ml-100k"]
     assert [r["model"] for r in saved["rows"]] == list(ROWS)
     assert "leave-last-out" in saved["protocol"]
     for r in saved["rows"]:
@@ -171,10 +173,17 @@ def test_results_table_has_every_row(tmp_path):
     assert [r["model"] for r in saved["rows"] if "blend" in r] == ["grank", "generator_ranker_no_aux"]
     assert "Served blend of each Ranker" in md and "| grank | " in md.split("Served blend")[1]
     assert "(published)" not in md  # ML-1M anchors are not shown beside ML-100K numbers
-    assert (tmp_path / "docs" / "training_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "docs" / "training_curves-ml-100k.png").stat().st_size > 10_000
     # a second call reuses checkpoints and cached evaluations: same numbers
     again = results("tiny", 0, str(tmp_path / "art"), docs=str(tmp_path / "docs2"), command="test")
     assert [r["HR@10"] for r in again["rows"]] == [r["HR@10"] for r in res["rows"]]
+    # another data set's section is added beside it, the first one kept as it was
+    results("tiny", 0, str(tmp_path / "art"), rows=("popularity",), overrides={"dataset": "synthetic"},
+            docs=str(tmp_path / "docs"), command="test")
+    both = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert list(both) == ["ml-100k", "synthetic"] and both["ml-100k"] == saved
+    md = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "## ml-100k (tiny preset)" in md and "## synthetic (tiny preset)" in md
 
 
 def test_speed_projection(ml100k, tiny_cfg):

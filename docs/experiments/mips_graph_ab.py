@@ -31,7 +31,7 @@ import torch
 from export.onnx_models import MipsTopK, export_one
 from grank.config import make_config
 from grank.mips import BLOCK, NEG_INF, block_top_k, mips_scores, topk_disagreements
-from grank.signatures import MIPS, signatures
+from grank.signatures import mips_signature
 
 from docs.experiments.gpu_topk_breakdown import contiguous_top_k
 from mipsbench.measure import latency
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     hist = rng.integers(1, a.items + 1, (256, a.history)).astype(np.int64)
     cfg = make_config("default", overrides={"model.d_model": d, "eval.k1": a.k, "eval.k2": 1, "eval.ks": (1,),
                                             "model.ranker_history": a.history, "serve.k1": 0, "serve.history": 0})
-    sig = signatures(cfg)[MIPS]
+    sig = mips_signature(cfg)
     sessions = {}
     with tempfile.TemporaryDirectory() as folder:  # a 1M-item graph is 256 MB: not left behind
         for name in a.graphs:
