@@ -103,7 +103,8 @@ def _step(model: str, inputs: dict, outputs: dict) -> str:
 def served_schema(schema: dict) -> dict:
     """What a client needs to build requests for the data set (the ensemble's ``schema``
     parameter): name, id type and padding id, event names (code c = events[c - 1]) and the
-    strong events, user features with their values (code j = values[j], 0 = unknown)."""
+    strong events, user features with their values (code j = values[j]; for data sets built
+    from files values[0] is "", unknown)."""
     ids_t = id_dtype(schema)
     pad = PADDING[ids_t].decode() if ids_t == "bytes" else PADDING[ids_t]
     feats = [{"name": f["name"], "size": len(f["values"]),

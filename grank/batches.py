@@ -58,7 +58,7 @@ def eval_inputs(split: Split, users: np.ndarray, stage: str, length: int):
     """Serving-style inputs for evaluating ``stage`` ('val' or 'test') of ``users``.
 
     Returns hist_ids, hist_ratings [B, length] (the newest ``length`` interactions visible at
-    that stage), user_feats [B, 4], targets [B] and seen [list of arrays]: every item before the
+    that stage), user_feats [B, F], targets [B] and seen [list of arrays]: every item before the
     target (the visible history, not just the window), excluded from the ranking in the filtered
     protocol.
     """

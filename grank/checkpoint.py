@@ -27,6 +27,7 @@ from .config import Config, served_config, with_serving
 from .data import Interactions, catalogue, fingerprint, schema
 from .model import GRank
 from .popularity import RecentPopularity
+from .signatures import takes_request_time as uses_popularity
 
 # 3 (2026-12-06): any data set: the ``dataset`` schema and ``catalogue`` are stored, item
 # features are generic (``items.features``), no ``model.high_rating``. 2 (2026-12-06): the
@@ -36,10 +37,6 @@ FORMAT_VERSION = 3
 
 HINT = ("train one first (`make train PRESET=default` writes artifacts/default/grank/best.pt, "
         "`make demo` artifacts/fast/grank/best.pt) or pass the path of an existing best.pt")
-
-
-def uses_popularity(cfg: Config) -> bool:
-    return cfg.model.ranker and cfg.model.ranker_popularity
 
 
 def build_model(cfg: Config, data: Interactions) -> GRank:

@@ -44,6 +44,7 @@ BUILTIN = ("ml-1m", "ml-100k", "pinterest-20", "synthetic")
 CACHE_VERSION = 3  # 3: data-set schema (events, features, catalogue ids) of any interaction log
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MIN_INTERACTIONS = 3  # a user needs a training item, a validation item and a test item
+MIN_CANDIDATES = 10   # items left after excluding a full history: the best epoch is chosen on HR@10
 
 
 @dataclass
@@ -391,8 +392,15 @@ def configure(preset: str = "default", variant: str = "grank", seed: int = 0, ov
         defaults["model.ranker_history"] = filled
     # MIPS excludes the history it was sent (up to R items): k1 <= N - R never has to fill its
     # list with excluded items
-    R = defaults.get("model.ranker_history", cfg.model.ranker_history)
-    room, e = max(1, data.n_items - R), cfg.eval
+    R = overrides.get("model.ranker_history", defaults.get("model.ranker_history", cfg.model.ranker_history))
+    room, e = data.n_items - int(R), cfg.eval
+    if room < MIN_CANDIDATES:
+        from .cli import InputError
+        raise InputError(
+            f"dataset {data.name}: {data.n_items} items; training needs at least model.ranker_history + "
+            f"{MIN_CANDIDATES} = {int(R) + MIN_CANDIDATES} (a history of up to R items is excluded from the "
+            f"candidates, and HR@{MIN_CANDIDATES} is measured on what is left): use a larger catalogue or a "
+            f"shorter history (--set model.max_history=8 --set model.ranker_history=8)")
     if e.k1 > room:
         k2 = min(e.k2, room)
         defaults.update({"eval.k1": room, "eval.k2": k2, "eval.ks": tuple(k for k in e.ks if k <= k2) or (k2,),

@@ -96,7 +96,7 @@ class GRank(nn.Module):
         self.items = ItemTower(n_items, cfg.d_model, schema["item_features"])
         self.generator = Generator(cfg, len(schema["events"]),
                                    tuple(len(f["values"]) for f in schema["user_features"]))
-        self.ranker = Ranker(cfg) if cfg.ranker else None
+        self.ranker = Ranker(cfg, len(schema["events"])) if cfg.ranker else None
         init_embeddings(self)
         # item statistics by day (a buffer, no parameters): only a Ranker that uses them has them
         uses = cfg.ranker and cfg.ranker_popularity

@@ -1,7 +1,7 @@
 """Stage 2, the Ranker: single-head cross-attention from each candidate over the long history.
 
 Shapes (B users, C candidates, R long-history slots, d = ``d_model``):
-- memory = MLP(item vector + rating + recency) of the history: [B, R, d] (keys and values);
+- memory = MLP(item vector + event + recency) of the history: [B, R, d] (keys and values);
 - each candidate's item vector is the query: [B, C, d] -> attended vector a: [B, C, d];
 - the Ranker's own score r = MLP([a, v_c, a*v_c (, popularity)]) [B, C] never sees the user
   vector; L_CA-info trains r alone (the paper's "InfoNCE over the ranker scores");
@@ -28,11 +28,11 @@ from .popularity import LOG_SCALE, N_FEATURES
 
 
 class Ranker(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, n_events: int):
         super().__init__()
         d = cfg.d_model
         self.tau = cfg.tau
-        self.rating = nn.Embedding(6, d)
+        self.rating = nn.Embedding(n_events + 1, d)  # event codes 1..E (ratings), 0 = padding
         self.recency = nn.Embedding(cfg.ranker_history, d)
         self.mem = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)

@@ -12,19 +12,13 @@ import numpy as np
 from .batches import windows
 from .data import Interactions
 from .signatures import REQUEST_TIME
-from .validation import PADDING_INT, PADDING_STR
+from .validation import Catalogue
 
 
 def own_ids(data: Interactions, dense: np.ndarray) -> np.ndarray:
     """Dense ids [...] (0 = padding) -> the data set's ids: int64 with -1 in padding, or numpy
     object arrays of UTF-8 bytes with b"" in padding (what tritonclient sends as BYTES)."""
-    dense = np.asarray(dense)
-    if data.item_ids.dtype.kind in "US":
-        table = np.array([PADDING_STR] + [str(x).encode() for x in data.item_ids[1:]], dtype=object)
-        return table[dense]
-    table = data.item_ids.astype(np.int64).copy()
-    table[0] = PADDING_INT
-    return table[dense]
+    return Catalogue(data.item_ids[1:]).to_own(dense)
 
 
 def user_requests(data: Interactions, users, history_length: int, inputs, exclude_last: int = 0) -> dict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config
+from .validation import PADDING_INT, PADDING_STR
 
 ENSEMBLE = "grank"
 VALIDATE = "grank_validate"
@@ -36,7 +37,7 @@ RANKER = "grank_ranker"
 CATALOGUE = "grank_catalogue"
 ONNX_MODELS = (USER_ENCODER, MIPS, RANKER)
 PYTHON_MODELS = (VALIDATE, CATALOGUE)
-PADDING = {"int64": -1, "bytes": b""}  # the caller's id of an empty history slot
+PADDING = {"int64": PADDING_INT, "bytes": PADDING_STR}  # the caller's id of an empty history slot
 
 _TRITON = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "bytes": "TYPE_STRING"}
 _WIRE = {"int64": "INT64", "float32": "FP32", "bytes": "BYTES"}
@@ -104,7 +105,7 @@ def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
     events = Tensor("history_events", "int64", (R,), f"event codes 1..{n_events} aligned with "
                     "history_ids (ratings for MovieLens); 0 in padding slots")
     feats = (Tensor("user_features", "int64", (n_feats,), "one code per user feature of the data "
-                    "set (0 = unknown)"),) if n_feats else ()
+                    "set (the ensemble's schema parameter lists each feature's values)"),) if n_feats else ()
     user = Tensor("user_embedding", "float32", (d,), "the Generator's user vector U")
     cids = Tensor("candidate_ids", "int64", (k1,), "MIPS top-k1 dense ids, best first")
     cscores = Tensor("candidate_scores", "float32", (k1,), "<user_embedding, item vector> / tau")

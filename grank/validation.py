@@ -23,7 +23,7 @@ def limits_dict(schema: dict, history_length: int, request_time: bool = False) -
     event codes and the user features' sizes; the served history length; ``request_time``:
     whether requests carry their time (a Ranker using popularity)."""
     return {"n_items": int(schema["n_items"]), "history_length": int(history_length),
-            "id_type": schema["id_type"], "n_events": len(schema["events"]),
+            "n_events": len(schema["events"]),
             "user_feature_sizes": [len(f["values"]) for f in schema["user_features"]],
             "request_time": bool(request_time)}
 
@@ -32,38 +32,52 @@ class Catalogue:
     """The data set's item ids by dense id: ``ids`` [N] (dense id i + 1 at position i), sorted
     as ``grank.data`` builds them (int64, or str for string catalogues)."""
 
+    SHOWN = 64  # characters of an unknown id quoted in an error (a request may send megabytes)
+
     def __init__(self, ids, names=None):
         self.strings = not np.issubdtype(np.asarray(ids).dtype, np.integer)
-        self.ids = np.asarray(ids, dtype=str if self.strings else np.int64)
-        self.names = None if names is None else np.asarray([n.encode() for n in names], dtype=object)
+        if self.strings:
+            # looked up by the exact bytes a caller sent: no decoding, no fixed-width copy of a
+            # request (numpy's would be as wide as its longest id, and would drop trailing NULs)
+            self.index = {str(x).encode(): i + 1 for i, x in enumerate(ids)}
+            self.own = np.array([PADDING_STR] + [str(x).encode() for x in ids], dtype=object)
+        else:
+            self.ids = np.asarray(ids, dtype=np.int64)
+            self.own = np.concatenate([[PADDING_INT], self.ids])
+        self.names = None if names is None else np.array([b""] + [n.encode() for n in names], dtype=object)
 
     def to_dense(self, history_ids) -> tuple[np.ndarray, str | None]:
         """[B, R] own ids (int64, or bytes/str objects) -> ([B, R] int64 dense ids, 0 in padding;
         an error message naming the first unknown id, or None)."""
         a = np.asarray(history_ids)
         if self.strings:
-            text = np.array([x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
-                             for x in a.ravel()], dtype=str).reshape(a.shape)
-            pad = text == PADDING_STR.decode()
+            flat = [x if isinstance(x, bytes) else str(x).encode() for x in a.ravel()]
+            dense = np.array([0 if x == PADDING_STR else self.index.get(x, -1) for x in flat],
+                             np.int64).reshape(a.shape)
+            bad = dense < 0
         else:
-            text, pad = a, a == PADDING_INT
-        pos = np.minimum(np.searchsorted(self.ids, text), len(self.ids) - 1)
-        known = self.ids[pos] == text
-        bad = ~known & ~pad
+            a = a.astype(np.int64)
+            pos = np.minimum(np.searchsorted(self.ids, a), len(self.ids) - 1)
+            pad = a == PADDING_INT
+            bad = (self.ids[pos] != a) & ~pad
+            dense = np.where(pad, 0, pos + 1)
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            return np.zeros(a.shape, np.int64), (f"history_ids: item {text[r, c]!r} is not in the served "
-                                                 f"catalogue ({len(self.ids):,} items) at row {r} slot {c}")
-        return np.where(pad, 0, pos + 1).astype(np.int64), None
+            x = a[r, c]
+            shown = repr(x[:self.SHOWN].decode("utf-8", "replace") if isinstance(x, bytes) else x)
+            more = " (shortened)" if isinstance(x, bytes) and len(x) > self.SHOWN else ""
+            return np.zeros(a.shape, np.int64), (f"history_ids: item {shown}{more} is not in the served "
+                                                 f"catalogue ({len(self.own) - 1:,} items) at row {r} slot {c}")
+        return dense.astype(np.int64), None
 
     def to_own(self, dense) -> np.ndarray:
-        """[B, K] dense ids 1..N -> the data set's ids (int64, or bytes objects)."""
-        out = self.ids[np.asarray(dense) - 1]
-        return np.vectorize(lambda s: s.encode(), otypes=[object])(out) if self.strings else out
+        """[B, K] dense ids (0 = padding) -> the data set's ids (int64, or bytes objects), the
+        padding id where 0."""
+        return self.own[np.clip(np.asarray(dense), 0, None)]
 
     def names_of(self, dense) -> np.ndarray:
-        """[B, K] dense ids 1..N -> display names, bytes objects."""
-        return self.names[np.asarray(dense) - 1]
+        """[B, K] dense ids -> display names, bytes objects (b"" for padding)."""
+        return self.names[np.clip(np.asarray(dense), 0, None)]
 
 
 def _first(mask: np.ndarray) -> str:

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from grank.replay import user_requests
     from perf.sweep import sweep
 
-    from .selfcheck import self_check
+    from .selfcheck import self_check, summary
     from .server import TritonServer
     art = Path(a.artifacts)
     t0 = time.time()
@@ -88,9 +88,8 @@ def main(argv=None) -> int:
         except Exception as e:
             print(f"-- a bad request is rejected by the server: {str(e).splitlines()[0][:200]}")
         for proto, c in clients.items():
-            bad = self_check(c, ex.model, ex.cfg, ex.ck, data, n_users=50)
-            n_bad = len({m.split(":")[0] for m in bad})
-            print(f"== self-check over {proto}: {50 - n_bad}/50 users equal the local PyTorch pipeline")
+            checked, bad = self_check(c, ex.model, ex.cfg, ex.ck, data, n_users=50)
+            print(f"== self-check: {summary(proto, checked, bad)}")
             failed |= bool(bad)
         res = sweep(clients["grpc"], data, server.grpc_url, "grpc", art / "demo-perf", concurrency=a.concurrency,
                     interval_ms=2000, stability=50)  # a short look, not a capacity figure

@@ -42,18 +42,19 @@ def reference(model, cfg, arrays: dict):
     return ids.numpy(), scores.numpy()
 
 
-def self_check(client, model, cfg, ck: dict, data, n_users: int = 50, seed: int = 0) -> list[str]:
+def self_check(client, model, cfg, ck: dict, data, n_users: int = 50, seed: int = 0) -> tuple[int, list[str]]:
     """Ask the server for ``n_users`` random real users of ``data`` (the checkpoint ``ck``'s);
-    returns the disagreements (empty = OK)."""
+    returns (users checked, the disagreements: empty = OK). A user may disagree in several ways;
+    each message starts with "user ID:"."""
     rng = np.random.default_rng(seed)
-    users = np.sort(rng.choice(np.flatnonzero(data.lengths() >= 3), size=min(n_users, data.n_users),
-                               replace=False))
+    eligible = np.flatnonzero(data.lengths() >= 3)
+    users = np.sort(rng.choice(eligible, size=min(n_users, len(eligible)), replace=False))
     arrays = user_requests(data, users, client.history_length, client.input_names, exclude_last=1)
     ids, names, scores = client.infer(arrays)
     cat = Catalogue(ck["catalogue"]["item_ids"], ck["catalogue"]["item_names"])
     dense_ids, err = cat.to_dense(ids)
     if err:
-        return [f"the server returned an id outside the checkpoint's catalogue: {err}"]
+        return len(users), [f"the server returned an id outside the checkpoint's catalogue: {err}"]
     ref_ids, ref_scores = reference(model, cfg, {**arrays, "history_ids": cat.to_dense(arrays["history_ids"])[0]})
     bad = [f"user {data.user_ids[users[b]]}: {m}"
            for b, m in topk_disagreements(ref_ids, ref_scores, dense_ids, scores, ATOL)]
@@ -61,7 +62,13 @@ def self_check(client, model, cfg, ck: dict, data, n_users: int = 50, seed: int 
     wrong = np.argwhere(expect != names)
     bad += [f"user {data.user_ids[users[r]]}: item {ids[r, c]!r} named {names[r, c]!r}, "
             f"the catalogue says {expect[r, c]!r}" for r, c in wrong[:5]]
-    return bad
+    return len(users), bad
+
+
+def summary(proto: str, checked: int, bad: list[str]) -> str:
+    """"N/M users ..." of one self-check."""
+    n_bad = len({m.split(":")[0] for m in bad})
+    return f"{checked - n_bad}/{checked} users equal the local PyTorch pipeline over {proto}"
 
 
 def main(argv=None) -> int:
@@ -89,12 +96,11 @@ def main(argv=None) -> int:
         if not url:
             continue
         try:
-            bad = self_check(GRankClient(url, proto), model, cfg, ck, data, a.users, a.seed)
+            checked, bad = self_check(GRankClient(url, proto), model, cfg, ck, data, a.users, a.seed)
         except InferenceServerException as e:
             print(f"error: server {url}: {e}", file=sys.stderr)
             return 2
-        n_bad = len({m.split(":")[0] for m in bad})  # a user may disagree in several ways
-        print(f"selfcheck {proto} {url}: {a.users - n_bad}/{a.users} users match the local pipeline")
+        print(f"selfcheck {url}: {summary(proto, checked, bad)}")
         for m in bad[:10]:
             print("   ", m)
         failed |= bool(bad)

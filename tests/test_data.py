@@ -105,3 +105,28 @@ def test_pinterest20_is_built_in_through_the_tables_path():
     users, negs = D.pinterest20_negatives(d)
     assert negs.shape == (55187, 99) and negs.min() >= 1 and negs.max() <= d.n_items
     assert not np.isin(d.seq(u)[-1], negs[u])  # the negatives exclude the held-out pin
+
+
+def test_configure_fits_the_config_to_the_data_set():
+    """Data-set defaults under the caller's overrides: no popularity without timestamps, the
+    history window the users fill, k1 within what a history leaves; a catalogue too small to
+    measure HR@10 is refused with the fix."""
+    from grank.cli import InputError
+    cfg, d = D.configure("default", "grank", 0, {"dataset": "pinterest-20"})
+    assert not cfg.model.ranker_popularity and cfg.model.ranker_history == 64
+    assert (cfg.eval.k1, cfg.eval.k2, cfg.eval.ks) == (500, 200, (10, 50, 200))
+    cfg, _ = D.configure("default", "grank", 0, {"dataset": "pinterest-20", "model.ranker_history": "128"})
+    assert cfg.model.ranker_history == 128  # the caller's setting wins
+    cfg, _ = D.configure("default", "grank", 0, {})
+    assert cfg.model.ranker_popularity and cfg.model.ranker_history == 256  # ML-1M unchanged
+    small = D.Interactions(
+        name="small", items=np.tile(np.arange(1, 81), 3), ratings=np.ones(240, np.int8),
+        offsets=np.arange(0, 241, 24), user_feats=np.zeros((10, 0), np.int64), user_feat_sizes=(),
+        item_features=[], user_ids=np.arange(10), item_ids=np.arange(81), names=[""] * 81,
+        times=np.arange(240), timed=False)
+    D.save(small)
+    cfg, _ = D.configure("fast", "grank", 0, {"dataset": "small"})
+    # 80 items, a 64-item history: 16 candidates at most, K = 50 and 200 dropped
+    assert (cfg.model.ranker_history, cfg.eval.k1, cfg.eval.k2, cfg.eval.ks, cfg.serve.k1) == (64, 16, 16, (10,), 0)
+    with pytest.raises(InputError, match=r"80 items; training needs at least model.ranker_history \+ 10 = 84"):
+        D.configure("fast", "grank", 0, {"dataset": "small", "model.max_history": "74", "model.ranker_history": "74"})

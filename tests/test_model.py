@@ -188,3 +188,22 @@ def test_served_score_is_the_mips_score_plus_the_rankers_own(ml100k):
                                  torch.nn.functional.embedding(ids[:, -R:], t), rat[:, -R:], ids[:, -R:] == 0)
         assert own.abs().max() > 1e-3
         assert torch.allclose(m.rank(u, ids, rat, cand), mips + 0.7 * own, atol=1e-5)
+
+
+def test_any_number_of_events_and_no_user_features(tiny_cfg):
+    """The history's event channel and the profile follow the data set's schema: 10 event
+    types (codes 1..10) and no user features train and serve."""
+    import torch
+
+    from grank.model import GRank
+    schema = {"n_items": 30, "strong_event": 8, "events": [f"e{i}" for i in range(10)],
+              "user_features": [], "item_features": [{"name": "tags", "multi": True, "values": ["a", "b"]}]}
+    cfg = tiny_cfg.model.__class__(**{**tiny_cfg.model.__dict__, "ranker_popularity": False})
+    m = GRank(cfg, schema).eval()
+    R = cfg.ranker_history
+    ids = torch.randint(1, 31, (3, R))
+    events = torch.full((3, R), 10)
+    u = m.encode_users(ids, events, torch.zeros(3, 0, dtype=torch.long))
+    scores = m.rank(u, ids, events, torch.randint(1, 31, (3, 7)))
+    assert u.shape == (3, cfg.d_model) and scores.shape == (3, 7) and torch.isfinite(scores).all()
+    assert m.generator.rating.num_embeddings == m.ranker.rating.num_embeddings == 11

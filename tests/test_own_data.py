@@ -165,4 +165,4 @@ def test_selfcheck_on_the_shop(shop):
     from serve.selfcheck import self_check
     ex = shop["ex"]
     for proto, url in (("grpc", shop["server"].grpc_url), ("http", shop["server"].http_url)):
-        assert self_check(GRankClient(url, proto), ex.model, ex.cfg, ex.ck, shop["data"], n_users=40) == []
+        assert self_check(GRankClient(url, proto), ex.model, ex.cfg, ex.ck, shop["data"], n_users=40) == (40, [])

@@ -391,3 +391,21 @@ def test_data_set_name_and_option_errors(tmp_path):
     with pytest.raises(InputError, match=r"strong event: 'buy' is not one of the events \['3', '4', '5'\]"):
         build_dataset("ratings", f, strong_event="buy")
     assert not D.cache_path("ratings").exists()
+
+
+def test_the_catalogue_maps_exact_ids_both_ways():
+    """The served id mapping (grank.validation.Catalogue): exact bytes, padding both ways, no
+    fixed-width copy of a request, unknown ids quoted short."""
+    from grank.validation import Catalogue
+    c = Catalogue(["a", "b", "sku-1"], ["A", "B", "Shoe"])
+    dense, err = c.to_dense(np.array([[b"", b"a", b"sku-1"]], dtype=object))
+    assert err is None and dense.tolist() == [[0, 1, 3]]
+    assert c.to_dense(np.array([[b"a", b"sku-1\x00"]], dtype=object))[1].startswith("history_ids: item 'sku-1\\x00'")
+    err = c.to_dense(np.array([[b"x" * 100_000]], dtype=object))[1]
+    assert "(shortened) is not in the served catalogue (3 items) at row 0 slot 0" in err and len(err) < 200
+    assert c.to_own(np.array([[0, 3]])).tolist() == [[b"", b"sku-1"]]
+    assert c.names_of(np.array([[3, 0]])).tolist() == [[b"Shoe", b""]]
+    n = Catalogue([5, 7, 9])
+    assert n.to_dense(np.array([[-1, 5, 9]]))[0].tolist() == [[0, 1, 3]]
+    assert "item 6 is not in the served catalogue" in n.to_dense(np.array([[-1, 6, 9]]))[1]
+    assert n.to_own(np.array([[0, 2]])).tolist() == [[-1, 7]]

@@ -65,9 +65,8 @@ def test_every_composing_model_answers(triton_server, tiny_export, protocol):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_ensemble_equals_offline_pipeline_for_50_real_users(clients, tiny_export, protocol):
-    bad = self_check(clients[protocol], tiny_export.model, tiny_export.cfg, tiny_export.ck,
-                     tiny_export.data, n_users=50, seed=1)
-    assert bad == []
+    assert self_check(clients[protocol], tiny_export.model, tiny_export.cfg, tiny_export.ck,
+                      tiny_export.data, n_users=50, seed=1) == (50, [])
 
 
 def test_the_client_learns_everything_from_the_server(clients, tiny_export):

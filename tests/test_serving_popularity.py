@@ -74,7 +74,7 @@ def test_served_lists_equal_the_offline_pipeline_at_each_users_time(triton_serve
         assert c.needs_time
         req = user_requests(ml100k, [1, 2], c.history_length, c.input_names, exclude_last=1)
         assert req["request_time"][0, 0] == ml100k.times[ml100k.offsets[2] - 2]  # replayed time
-        assert self_check(c, tiny_export.model, tiny_export.cfg, tiny_export.ck, ml100k, n_users=30, seed=2) == []
+        assert self_check(c, tiny_export.model, tiny_export.cfg, tiny_export.ck, ml100k, n_users=30, seed=2) == (30, [])
         explicit = c.request([[1, 2, 3]], request_time=[123_456_789])
         assert explicit["request_time"].tolist() == [[123_456_789]]
         assert abs(int(c.request([[1, 2, 3]])["request_time"][0, 0]) - time.time()) < 60
