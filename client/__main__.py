@@ -69,7 +69,13 @@ def main(argv=None) -> int:
                        if vals else ""))
             print(f"request_time: {'required' if c.needs_time else 'not taken'}")
             return 0
-        items = [int(x) for x in a.items] if not c.strings else a.items
+        if c.strings:
+            items = a.items
+        else:
+            not_int = [x for x in a.items if not x.lstrip("-").isdigit()]
+            if not_int:
+                raise ValueError(f"--items: this data set's item ids are integers, got {not_int[:5]}")
+            items = [int(x) for x in a.items]
         events = None if a.events is None else [int(e) if e.isdigit() and e not in c.events else e
                                                 for e in a.events]
         t0 = time.perf_counter()
