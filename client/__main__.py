@@ -67,6 +67,8 @@ def main(argv=None) -> int:
                 print(f"user feature {f['name']}: {f['size']} codes" +
                       (f" ({', '.join(v or '(unknown)' for v in vals[:12])}{', ...' if len(vals) > 12 else ''})"
                        if vals else ""))
+            for f in s.get("item_features", []):
+                print(f"item feature {f['name']}: {f['size']} values ({'multi' if f.get('multi') else 'single'}-valued)")
             print(f"request_time: {'required' if c.needs_time else 'not taken'}")
             return 0
         if c.strings:

@@ -9,8 +9,8 @@ data sets or shapes are built into another folder. Built (git-ignored):
 two Python-backend steps, the validator and the catalogue lookup.
 
 The ensemble's config carries the data set's schema as the parameter ``schema`` (JSON: name,
-id type, padding id, event names, user features with their values), so that a client needs
-nothing but the server to build requests (``client/``).
+id type, padding id, event names, user and item features with their values), so that a client
+needs nothing but the server to build requests (``client/``).
 
 No ``instance_group`` is written on purpose: Triton then places one instance on each GPU when
 there are GPUs (NGC container: the native ONNX Runtime backend keeps tensors on the GPU between
@@ -104,15 +104,18 @@ def served_schema(schema: dict) -> dict:
     """What a client needs to build requests for the data set (the ensemble's ``schema``
     parameter): name, id type and padding id, event names (code c = events[c - 1]) and the
     strong events, user features with their values (code j = values[j]; for data sets built
-    from files values[0] is "", unknown)."""
+    from files values[0] is "", unknown), and the item features the catalogue was described
+    with (informative: requests never carry them)."""
     ids_t = id_dtype(schema)
     pad = PADDING[ids_t].decode() if ids_t == "bytes" else PADDING[ids_t]
-    feats = [{"name": f["name"], "size": len(f["values"]),
-              **({"values": f["values"]} if len(f["values"]) <= MAX_LISTED_VALUES else {})}
-             for f in schema["user_features"]]
+    def listed(f):  # a feature with its values, or its size alone when they are many
+        return {"name": f["name"], "size": len(f["values"]),
+                **({"multi": f["multi"]} if "multi" in f else {}),
+                **({"values": f["values"]} if len(f["values"]) <= MAX_LISTED_VALUES else {})}
     return {"dataset": schema["name"], "n_items": schema["n_items"], "id_type": schema["id_type"],
             "padding_id": pad, "events": schema["events"], "strong_event": schema["strong_event"],
-            "user_features": feats}
+            "user_features": [listed(f) for f in schema["user_features"]],
+            "item_features": [listed(f) for f in schema["item_features"]]}
 
 
 def _pbtxt_string(text: str) -> str:

@@ -166,3 +166,14 @@ def test_selfcheck_on_the_shop(shop):
     ex = shop["ex"]
     for proto, url in (("grpc", shop["server"].grpc_url), ("http", shop["server"].http_url)):
         assert self_check(GRankClient(url, proto), ex.model, ex.cfg, ex.ck, shop["data"], n_users=40) == (40, [])
+
+
+def test_client_info_describes_the_served_data_set(shop):
+    """`python -m client info`: everything a caller needs, read from the server alone."""
+    r = subprocess.run([sys.executable, "-m", "client", "info", "--url", shop["server"].http_url,
+                        "--protocol", "http"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "data set shop-e2e: 90 items, string ids (padding '')" in r.stdout
+    assert "1: view, 2: click, 3: purchase; strong from code 3" in r.stdout
+    assert "user feature country: 4 codes ((unknown), de, fr, us)" in r.stdout
+    assert "item feature tags: 6 values (multi-valued)" in r.stdout

@@ -46,6 +46,7 @@ def test_the_ensemble_carries_the_data_sets_schema(ml1m):
     assert got["events"] == ["1", "2", "3", "4", "5"] and got["strong_event"] == 4
     assert [f["name"] for f in got["user_features"]] == ["gender", "age", "occupation", "zip_digit"]
     assert got["user_features"][0]["values"] == ["F", "M"]
+    assert [(f["name"], f["multi"], f["size"]) for f in got["item_features"]] == [("genre", True, 18), ("year", False, 12)]
 
 
 def test_the_committed_repository_serves_the_measured_shape():
