@@ -81,7 +81,8 @@ class GRankClient:
         self.schema = json.loads(params["schema"]["string_value"])
         self.events = list(self.schema["events"])
         self.features = self.schema["user_features"]
-        self.limits = {"n_items": self.schema["n_items"], "history_length": self.history_length,
+        # n_items None: only the server, which holds the catalogue, can check the ids themselves
+        self.limits = {"n_items": None, "history_length": self.history_length,
                        "n_events": len(self.events), "user_feature_sizes": [f["size"] for f in self.features],
                        "request_time": self.needs_time}
 
@@ -159,13 +160,13 @@ class GRankClient:
                              f"(the data set's ids), got {ids.dtype}")
         pad = PADDING_STR if self.strings else PADDING_INT
         # any id stands for itself here: the shape, padding and event rules are what is checked
-        dense = np.where(ids == pad, 0, 1).astype(np.int64) if ids.ndim == 2 else ids
-        err = check_request(dense, np.asarray(arrays["history_events"]),
+        real = np.where(ids == pad, 0, 1).astype(np.int64) if ids.ndim == 2 else ids
+        err = check_request(real, np.asarray(arrays["history_events"]),
                             None if "user_features" not in arrays else np.asarray(arrays["user_features"]),
-                            {**self.limits, "n_items": 1},
+                            self.limits,
                             None if REQUEST_TIME not in arrays else np.asarray(arrays[REQUEST_TIME]))
         if err:
-            raise ValueError(err.replace("dense item ids must be in 0..1 (0 = padding)", "invalid ids"))
+            raise ValueError(err)
 
     def _inputs(self, m, arrays: dict):
         ins = []

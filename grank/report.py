@@ -206,9 +206,9 @@ def read_results(path: Path) -> dict:
     if not path.exists():
         return {}
     d = json.loads(path.read_text())
-    sections = {None: d} if "rows" in d else d
-    return {(r.get("dataset") or r["protocol"].split(",")[0]): {"dataset": r.get("dataset") or r["protocol"].split(",")[0], **r}
-            for r in sections.values()}
+    sections = [d] if "rows" in d else list(d.values())
+    named = [{"dataset": r["protocol"].split(",")[0], **r} for r in sections]  # "dataset" kept where present
+    return {r["dataset"]: r for r in named}
 
 
 def results(preset: str, seed: int, artifacts: str, rows=ROWS, overrides=None, retrain=False,

@@ -89,8 +89,9 @@ def check_request(history_ids, history_events, user_features, limits: dict,
                   request_time=None) -> str | None:
     """Arrays of one request after ``Catalogue.to_dense`` ([B, R] int64 dense ids, [B, R]
     int64 event codes, [B, F] int64 or None when F = 0, and [B, 1] int64 Unix seconds where
-    ``limits["request_time"]``). Returns None when valid, else a message naming the first
-    violated field and its constraint."""
+    ``limits["request_time"]``). ``limits["n_items"]`` None: the ids are only known to be real
+    (> 0) or padding (0), as a client without the catalogue knows them. Returns None when
+    valid, else a message naming the first violated field and its constraint."""
     n, R = limits["n_items"], limits["history_length"]
     sizes = limits["user_feature_sizes"]
     fields = [("history_ids", history_ids, R), ("history_events", history_events, R)]
@@ -115,7 +116,7 @@ def check_request(history_ids, history_events, user_features, limits: dict,
         if bad.any():
             return (f"request_time: must be Unix seconds >= 0, got {int(np.asarray(request_time)[bad][0, 0])} "
                     f"at row {int(np.flatnonzero(bad)[0])}")
-    bad = (history_ids < 0) | (history_ids > n)
+    bad = (history_ids < 0) | (history_ids > (n if n is not None else np.iinfo(np.int64).max))
     if bad.any():
         return (f"history_ids: dense item ids must be in 0..{n} (0 = padding), got "
                 f"{int(history_ids[bad][0])} at {_first(bad)}")
