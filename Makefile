@@ -15,7 +15,9 @@ THREADS ?= 0
 SETTINGS ?=
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?= -rs -q
-TRITON_IMAGE ?= nvcr.io/nvidia/tritonserver:24.10-py3
+# production: the current NGC release (26.09 = Triton 2.73); the embedded 2.51 server is for development
+TRITON_IMAGE ?= nvcr.io/nvidia/tritonserver:26.09-py3
+HOST ?= 127.0.0.1
 # ML-1M runs live in ARTIFACTS/PRESET/VARIANT, other data sets' in ARTIFACTS/DATASET/PRESET/VARIANT
 # (grank.report.run_dir); only the default ML-1M model is built into the committed repository
 RUNS = $(if $(filter ml-1m,$(DATASET)),$(ARTIFACTS),$(ARTIFACTS)/$(DATASET))
@@ -36,7 +38,8 @@ ITEMS ?= 1000000
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: help setup setup-gpu data train train-all evaluate demo test clean export repository \
-	configs tensorrt serve serve-container selfcheck perf perf-tune plan bench bench-quick bench-gpu
+	configs tensorrt serve serve-container deploy rollback selfcheck perf perf-tune perf-swap perf-overload \
+	plan bench bench-quick bench-gpu
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,7 +48,8 @@ help: ## List the targets and their variables
 	@echo "  INTERACTIONS=$(INTERACTIONS) ITEMS_FILE=$(ITEMS_FILE) USERS_FILE=$(USERS_FILE) (build DATASET from your files)"
 	@echo "  DEMO_PRESET=$(DEMO_PRESET) THREADS=$(THREADS) ARTIFACTS=$(ARTIFACTS) PY=$(PY)"
 	@echo "  CHECKPOINT=$(CHECKPOINT) REPOSITORY=$(REPOSITORY)"
-	@echo "  HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) METRICS_PORT=$(METRICS_PORT) CONCURRENCY=$(CONCURRENCY)"
+	@echo "  HOST=$(HOST) HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) METRICS_PORT=$(METRICS_PORT) CONCURRENCY=$(CONCURRENCY)"
+	@echo "  NEW_CHECKPOINT=$(NEW_CHECKPOINT) (make deploy); the management key comes from GRANK_ADMIN_KEY"
 	@echo "  RATES=$(RATES) QPS=$(QPS) P99_MS=$(P99_MS) ITEMS=$(ITEMS)"
 	@echo "  TRITON_IMAGE=$(TRITON_IMAGE)"
 
@@ -106,13 +110,22 @@ configs: setup ## Regenerate the committed config.pbtxt files from grank/signatu
 tensorrt: setup ## GPU + TensorRT only: FP16 engines from CHECKPOINT, compared with ONNX Runtime
 	$(PY) -m export tensorrt --checkpoint $(CHECKPOINT) --onnx-dir $(ARTIFACTS)/export --out $(ARTIFACTS)/tensorrt
 
-serve: setup ## Run the embedded Triton server on REPOSITORY until Ctrl-C (ports: HTTP_PORT GRPC_PORT METRICS_PORT)
-	$(PY) -m serve --repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
+serve: setup ## Run the embedded Triton 2.51 (development) on REPOSITORY until Ctrl-C, restarted if it crashes; binds HOST (loopback)
+	$(PY) -m serve --repository $(REPOSITORY) --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
 	  --metrics-port $(METRICS_PORT) --work-dir $(ARTIFACTS)/triton
 
-serve-container: ## Serve REPOSITORY in the NGC container on a GPU (needs Docker + NVIDIA runtime)
-	docker run --rm --gpus all -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
-	  -v $(CURDIR)/$(REPOSITORY):/models $(TRITON_IMAGE) tritonserver --model-repository=/models
+serve-container: setup ## Production: REPOSITORY in the NGC container TRITON_IMAGE on a GPU; needs GRANK_ADMIN_KEY (Docker + NVIDIA runtime)
+	@test -n "$$GRANK_ADMIN_KEY" || { echo "set GRANK_ADMIN_KEY (a management key, e.g. openssl rand -hex 24)"; exit 2; }
+	docker run --rm --gpus all -e GRANK_ADMIN_KEY -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
+	  -v $(CURDIR)/$(REPOSITORY):/models:ro $(TRITON_IMAGE) bash -c "$$($(PY) -m serve.admin --container-command)"
+
+NEW_CHECKPOINT ?= $(CHECKPOINT)
+deploy: setup ## Swap NEW_CHECKPOINT into the running server (REPOSITORY, HTTP_PORT) as a new version, atomically
+	$(PY) -m serve.deploy --checkpoint $(NEW_CHECKPOINT) --repository $(REPOSITORY) --url localhost:$(HTTP_PORT) \
+	  --work-dir $(ARTIFACTS)/deploy
+
+rollback: setup ## Switch the running server back to the previous version on disk (REPOSITORY, HTTP_PORT)
+	$(PY) -m serve.deploy --rollback --repository $(REPOSITORY) --url localhost:$(HTTP_PORT)
 
 selfcheck: setup ## Compare a running server with the local PyTorch pipeline on 50 real users
 	$(PY) -m serve.selfcheck --grpc-url localhost:$(GRPC_PORT) --http-url localhost:$(HTTP_PORT) --checkpoint $(CHECKPOINT)
@@ -128,6 +141,12 @@ perf-tune: setup ## Serve each serving variant on its own Triton and sweep it wi
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default --request-rate $(RATES)
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default trained_shape k1_200 k1_1000 history128 history64
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default mips_threads2 --items 1000000
+
+perf-swap: setup ## A deploy + rollback of NEW_CHECKPOINT under perf_analyzer load (own server on a copy of REPOSITORY)
+	$(PY) -m perf swap --repository $(REPOSITORY) --checkpoint $(NEW_CHECKPOINT) --out $(ARTIFACTS)/perf/swap
+
+perf-overload: setup ## Open-loop load far above capacity, with and without admission control (own servers)
+	$(PY) -m perf overload --repository $(REPOSITORY) --out $(ARTIFACTS)/perf/overload
 
 plan: setup ## Capacity planner from docs/performance.json: make plan QPS=2000 P99_MS=50 ITEMS=1000000
 	$(PY) -m perf plan --qps $(QPS) --p99-ms $(P99_MS) --items $(ITEMS)

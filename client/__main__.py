@@ -4,6 +4,12 @@
   python -m client recommend --url localhost:8000 --protocol http --items 260,1196 \\
       --feature gender=F --feature age=25 --time 975000000
   python -m client info --url localhost:8001
+  python -m client info --url localhost:8001 --admin-key-file key.txt --save-schema schema.json
+  python -m client recommend --url localhost:8001 --schema schema.json --items 260,1196
+
+A server that restricts its model configs to holders of the management key does not show the
+schema (event names, user features): a key holder saves it once with ``info --save-schema`` and
+callers pass ``--schema FILE``.
 
 Item ids are the data set's own (MovieLens movie ids for the default model; strings where the
 data set's ids are strings); the event vocabulary and the user features come from the server
@@ -13,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
+from pathlib import Path
 
 
 def _list(s: str) -> list[str]:
@@ -36,6 +44,10 @@ def main(argv=None) -> int:
     def server(p):
         p.add_argument("--url", default="localhost:8001", help="host:port of the gRPC (or HTTP) endpoint")
         p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+        p.add_argument("--schema", default=None,
+                       help="the served schema as JSON (from `info --save-schema`), for servers that restrict configs")
+        p.add_argument("--admin-key-file", default=None,
+                       help="file holding the management key, to read a restricted server's schema")
     p = sub.add_parser("recommend", help="top-k items for one history of the data set's item ids")
     server(p)
     p.add_argument("--items", type=_list, required=True,
@@ -49,17 +61,25 @@ def main(argv=None) -> int:
                         "ML-1M's years, where the popularity counts are recent)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--async", dest="use_async", action="store_true", help="use the asyncio client")
-    server(sub.add_parser("info", help="the served data set: id type, events, user features, shapes"))
+    p = sub.add_parser("info", help="the served data set: id type, events, user features, shapes")
+    server(p)
+    p.add_argument("--save-schema", default=None, metavar="FILE", help="also write the schema as JSON")
     a = ap.parse_args(argv)
     from tritonclient.utils import InferenceServerException
 
+    from serve.admin import read_key
+
     from .grank_client import GRankClient
     try:
-        c = GRankClient(a.url, a.protocol)
+        key = read_key(a.admin_key_file, env={}) if a.admin_key_file else None
+        c = GRankClient(a.url, a.protocol, schema=a.schema, admin_key=key)
         if a.cmd == "info":
             s = c.schema
+            if a.save_schema:
+                Path(a.save_schema).write_text(json.dumps(s, ensure_ascii=False, indent=1), encoding="utf-8")
             print(f"data set {s['dataset']}: {s['n_items']:,} items, {s['id_type']} ids (padding "
-                  f"{s['padding_id']!r}); history {c.history_length}, k2 {c.k2}, batch <= {c.max_batch_size}")
+                  f"{s['padding_id']!r}); history {c.history_length}, k2 {c.k2}, batch <= "
+                  f"{c.max_batch_size or '(not shown: configs restricted)'}")
             print(f"events (code: name): {', '.join(f'{i}: {e}' for i, e in enumerate(s['events'], 1))}; "
                   f"strong from code {s['strong_event']}")
             for f in s["user_features"]:

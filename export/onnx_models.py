@@ -9,6 +9,15 @@ Each of the three graphs holds its own copy (the encoder and the Ranker gather r
 cheap for ML-1M; a multi-million-item catalogue would want the encoder and Ranker to take
 item vectors as inputs instead (docs/PERFORMANCE.md measures the ensemble at 1M items).
 
+Each graph guards its own inputs, because a composing model can be called directly, without
+the ensemble's validator: a row with an id, event code or feature code out of range, a
+non-finite or overflowing embedding, or a negative request time is computed on clamped inputs
+(so no Gather wraps around or reads past a table) and then answered as a *flagged row*:
+``user_embedding`` all NaN, or ids all -1 with scores all NaN. ONNX has no portable way to
+raise an error from inside a graph; a flagged row cannot be mistaken for an answer, other rows
+of the same batch are untouched, and NaN propagates: a flagged encoder row flags the MIPS and
+Ranker rows fed from it, and the catalogue step refuses id -1 with an error.
+
 Exported with torch's TorchScript-based exporter (``dynamo=False``): it keeps our tensor names
 exactly and needs no onnxscript; torch 2.13 calls it legacy but supports it.
 """
@@ -30,19 +39,70 @@ OPSET = 17            # ONNX Runtime 1.19 (Triton 24.10) and TensorRT 10.5 both 
 PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
+FLAGGED_ID = -1  # the id of every slot of a flagged row (see the module docstring)
+
+
+def _rows_within(x: torch.Tensor, lo, hi) -> torch.Tensor:
+    """[B, ...] -> [B] bool: every value of the row in [lo, hi] (``hi`` may be a tensor that
+    broadcasts over the last axis)."""
+    return ((x >= lo) & (x <= hi)).reshape(x.shape[0], -1).all(1)
+
+
+def _rows_finite(x: torch.Tensor) -> torch.Tensor:
+    """[B, d] float -> [B] bool: no NaN or infinity in the row."""
+    return torch.isfinite(x).all(1)
+
+
+def _flag(ok: torch.Tensor, ids: torch.Tensor | None, scores: torch.Tensor):
+    """Rows where ``ok`` [B] is False become ids -1 and scores NaN (``ids`` None: scores only)."""
+    nan = torch.tensor(float("nan"), dtype=scores.dtype)
+    scores = torch.where(ok[:, None], scores, nan)
+    if ids is None:
+        return scores
+    return torch.where(ok[:, None], ids, torch.tensor(FLAGGED_ID, dtype=ids.dtype)), scores
+
+
+def embedding_bound(model: GRank) -> torch.Tensor:
+    """[d] the largest magnitude each coordinate of a user vector can have: the Generator ends
+    in a LayerNorm, whose normalised output has norm <= sqrt(d), so |u_i| <= |gamma_i| sqrt(d) +
+    |beta_i| (with a little room for rounding). A vector beyond it did not come from the
+    encoder: MIPS and the Ranker flag it instead of ranking with it."""
+    ln = model.generator.ln_out
+    d = ln.weight.shape[0]
+    return ((ln.weight.abs() * d ** 0.5 + ln.bias.abs()) * (1 + 1e-4) + 1e-6).detach().clone()
+
+
+def _rows_bounded(u: torch.Tensor, bound: torch.Tensor | None) -> torch.Tensor:
+    """[B, d] -> [B] bool: finite, and within ``bound`` [d] when there is one."""
+    ok = _rows_finite(u)
+    return ok if bound is None else ok & (u.abs() <= bound).all(1)
+
+
 class UserEncoder(nn.Module):
     """[B, R] history ids, [B, R] event codes, [B, F] profile -> user_embedding [B, d]. A data
-    set without user features (F = 0) has no ``user_features`` input."""
+    set without user features (F = 0) has no ``user_features`` input. A row with an id outside
+    [0, N], an event code outside [0, E] or a feature code outside [0, size) is flagged (NaN)."""
 
     def __init__(self, model: GRank):
         super().__init__()
         self.model = model
         self.register_buffer("item_vectors", model.item_vectors().detach().clone())
+        self.n_items = model.n_items
+        self.n_events = model.generator.rating.num_embeddings - 1
+        sizes = [e.num_embeddings for e in getattr(model.generator, "profile", [])]
+        self.register_buffer("feature_max", torch.tensor(sizes, dtype=torch.long) - 1)
 
     def forward(self, history_ids, history_events, user_features=None):
+        ok = _rows_within(history_ids, 0, self.n_items) & _rows_within(history_events, 0, self.n_events)
         if user_features is None:
             user_features = history_ids.new_zeros(history_ids.shape[0], 0)
-        return self.model.encode_users(history_ids, history_events, user_features, self.item_vectors)
+        elif self.feature_max.numel():  # a model without a query token ignores the profile
+            ok = ok & _rows_within(user_features, 0, self.feature_max)
+            user_features = torch.minimum(user_features.clamp(min=0), self.feature_max)
+        u = self.model.encode_users(history_ids.clamp(0, self.n_items),
+                                    history_events.clamp(0, self.n_events), user_features,
+                                    self.item_vectors)
+        return _flag(ok, None, u)
 
 
 class MipsTopK(nn.Module):
@@ -50,45 +110,70 @@ class MipsTopK(nn.Module):
     [B, k1] float32: brute-force inner products over the whole catalogue, the padding row and
     the items of the history excluded (-inf), then the top-k. ``item_vectors``: [N+1, d]
     float32 with row 0 = padding (the model's table, or a synthetic one for benchmarks).
-    Large catalogues take the exact two-step top-k of ``grank.mips.block_top_k`` (``block``:
+    A row whose embedding is not finite or exceeds ``max_abs`` (what the encoder can output),
+    whose scores overflow, or whose history holds an id outside [0, N] is flagged (ids -1,
+    scores NaN). Large catalogues take the exact two-step top-k of ``grank.mips.block_top_k`` (``block``:
     None picks ``grank.mips.block_size``, 0 forces one TopK); their stored table gets up to
     block - 1 zero rows, never returned."""
 
-    def __init__(self, item_vectors: torch.Tensor, k: int, tau: float = 1.0, block: int | None = None):
+    def __init__(self, item_vectors: torch.Tensor, k: int, tau: float = 1.0, block: int | None = None,
+                 max_abs: torch.Tensor | None = None):
         super().__init__()
         self.k, self.tau = k, tau
+        # ``embedding_bound`` of the model whose user vectors this serves (None: finite is enough)
+        self.register_buffer("max_abs", None if max_abs is None else max_abs.detach().clone())
         self.block = block_size(item_vectors.shape[0], k) if block is None else block
         table, self.pad_rows = pad_table(item_vectors.detach(), self.block)
         self.register_buffer("item_vectors", table.clone())
+        self.n_items = item_vectors.shape[0] - 1
 
     def forward(self, user_embedding, history_ids):
-        scores, ids = mips_top_k(user_embedding, self.item_vectors, self.k, self.tau,
-                                 exclude_ids=history_ids, block=self.block, pad_rows=self.pad_rows)
-        return ids, scores
+        ok = _rows_bounded(user_embedding, self.max_abs) & _rows_within(history_ids, 0, self.n_items)
+        safe = torch.where(ok[:, None], user_embedding, torch.tensor(0.0))
+        scores, ids = mips_top_k(safe, self.item_vectors, self.k, self.tau,
+                                 exclude_ids=history_ids.clamp(0, self.n_items), block=self.block,
+                                 pad_rows=self.pad_rows)
+        # k <= N - R, so a valid row's top-k scores are finite; inf/NaN means overflow
+        return _flag(ok & _rows_finite(scores), ids, scores)
 
 
 class RankerTopK(nn.Module):
     """user_embedding [B, d], history [B, R] ids + event codes, candidate_ids [B, k1] (+ request_time
     [B, 1] int64 Unix seconds with ``model.ranker_popularity``: the popularity-by-day table is
     then a constant of the graph) -> ranked_ids [B, k2] int64 (dense) and scores [B, k2]
-    float32, best first."""
+    float32, best first. A row with a non-finite embedding or one beyond what the encoder can
+    output (``embedding_bound``), a history id outside [0, N], an
+    event code outside [0, E], a candidate outside [1, N] (a flagged MIPS row's -1 included)
+    or a negative request time is flagged (ids -1, scores NaN)."""
 
     def __init__(self, model: GRank, k: int):
         super().__init__()
         self.model, self.k = model, k
         self.register_buffer("item_vectors", model.item_vectors().detach().clone())
+        self.register_buffer("max_abs", embedding_bound(model))
+        events = model.ranker.rating if model.ranker is not None else model.generator.rating
+        self.n_events = events.num_embeddings - 1
 
     def forward(self, user_embedding, history_ids, history_events, candidate_ids, request_time=None):
-        when = None if request_time is None else request_time[:, 0]
-        return self.model.rank_top_k(user_embedding, history_ids, history_events, candidate_ids,
-                                     self.k, self.item_vectors, when)
+        n = self.item_vectors.shape[0] - 1  # the table's, which a benchmark may enlarge
+        ok = (_rows_bounded(user_embedding, self.max_abs) & _rows_within(history_ids, 0, n)
+              & _rows_within(history_events, 0, self.n_events) & _rows_within(candidate_ids, 1, n))
+        when = None
+        if request_time is not None:
+            ok = ok & (request_time >= 0).all(1)
+            when = request_time[:, 0].clamp(min=0)
+        safe = torch.where(ok[:, None], user_embedding, torch.tensor(0.0))
+        ids, scores = self.model.rank_top_k(safe, history_ids.clamp(0, n),
+                                            history_events.clamp(0, self.n_events),
+                                            candidate_ids.clamp(1, n), self.k, self.item_vectors, when)
+        return _flag(ok & _rows_finite(scores), ids, scores)
 
 
 def graphs(model: GRank, k1: int, k2: int) -> dict[str, nn.Module]:
     """The exported graphs by served model name, in eval mode."""
     model.eval()
     return {USER_ENCODER: UserEncoder(model).eval(),
-            MIPS: MipsTopK(model.item_vectors(), k1, model.cfg.tau).eval(),
+            MIPS: MipsTopK(model.item_vectors(), k1, model.cfg.tau, max_abs=embedding_bound(model)).eval(),
             RANKER: RankerTopK(model, k2).eval()}
 
 

@@ -12,6 +12,11 @@ The ensemble's config carries the data set's schema as the parameter ``schema`` 
 id type, padding id, event names, user and item features with their values), so that a client
 needs nothing but the server to build requests (``client/``).
 
+Versions: the ensemble pins every step to one version, the *current deployment*; each composing
+model's ``version_policy`` lists the versions to keep loaded (the current one, and during a swap
+by ``serve.deploy`` the next or previous one too). Version directories are deployments: all
+five composing models of version v were built from the same checkpoint.
+
 No ``instance_group`` is written on purpose: Triton then places one instance on each GPU when
 there are GPUs (NGC container: the native ONNX Runtime backend keeps tensors on the GPU between
 the ensemble's steps) and on the CPU otherwise (the embedded server), from one repository.
@@ -24,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grank.config import Config
-from grank.signatures import (CATALOGUE, ENSEMBLE, MIPS, ONNX_MODELS, PADDING, PYTHON_MODELS,
-                              RANKED_IDS, RANKER, USER_ENCODER, VALIDATE, VALIDATED_PREFIX,
-                              Signature, id_dtype, signatures)
+from grank.signatures import (CATALOGUE, DEPLOYMENT, ENSEMBLE, MIPS, ONNX_MODELS, PADDING,
+                              PYTHON_MODELS, RANKED_IDS, RANKER, USER_ENCODER, VALIDATE,
+                              VALIDATED_PREFIX, Signature, id_dtype, signatures)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "model_repository"
@@ -65,9 +70,22 @@ class Serving:
     # the MIPS model's own thread count (None: intra_op_threads). On a large catalogue the MIPS
     # scan is most of a request's work, so it may deserve more threads than the other models.
     mips_intra_op_threads: int | None = None
+    # Admission control on the ensemble's first step (the validator): at most this many
+    # requests wait in its queue; one more is refused at once (gRPC UNAVAILABLE / HTTP 503
+    # "Exceeds maximum queue size"), so an overload is shed instead of queued without bound
+    # (docs/RELIABILITY.md, "Overload"). Twice the concurrency the soak runs at: a client pool
+    # of 16 never meets it. ``admission_timeout_us`` (0 = none) would also refuse requests that
+    # waited that long; it is off because it refuses requests whenever the CPU is briefly busy
+    # (a model swap loading the next version) although nothing is overloaded, and callers set
+    # their own deadlines. Only the first step: a request refused there has cost nothing
+    # downstream, and Triton before 26.03 could leave an ensemble request hanging when a later
+    # step's queue refused it.
+    admission_queue: int = 32
+    admission_timeout_us: int = 0
 
     def __post_init__(self):
-        for f in ("max_queue_delay_us", "instances", "intra_op_threads", "mips_intra_op_threads"):
+        for f in ("max_queue_delay_us", "instances", "intra_op_threads", "mips_intra_op_threads",
+                  "admission_queue", "admission_timeout_us"):
             v = getattr(self, f)
             if v is None and f == "mips_intra_op_threads":
                 continue
@@ -81,10 +99,27 @@ class Serving:
         return self.intra_op_threads
 
 
-def _model_config(sig: Signature, backend: str, serving: Serving = Serving()) -> str:
+def _version_policy(loaded) -> str:
+    return f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, sorted(loaded)))} ] }} }}\n"
+
+
+def _queue_policy(serving: Serving) -> str:
+    if not (serving.admission_queue or serving.admission_timeout_us):
+        return ""
+    return ("  default_queue_policy {\n"
+            + (f"    max_queue_size: {serving.admission_queue}\n" if serving.admission_queue else "")
+            + "    timeout_action: REJECT\n"
+            + (f"    default_timeout_microseconds: {serving.admission_timeout_us}\n"
+               if serving.admission_timeout_us else "")
+            + "  }\n")
+
+
+def _model_config(sig: Signature, backend: str, serving: Serving = Serving(), loaded=(1,)) -> str:
     text = (f'name: "{sig.name}"\nbackend: "{backend}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+            + _version_policy(loaded)
             + _tensors("input", sig.inputs) + _tensors("output", sig.outputs)
-            + f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_queue_delay_us}\n}}\n")
+            + f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_queue_delay_us}\n"
+            + (_queue_policy(serving) if sig.name == VALIDATE else "") + "}\n")
     if backend == "onnxruntime" and serving.instances:
         text += f"instance_group [\n  {{\n    count: {serving.instances}\n  }}\n]\n"
     if backend == "onnxruntime" and serving.threads(sig.name):
@@ -94,10 +129,10 @@ def _model_config(sig: Signature, backend: str, serving: Serving = Serving()) ->
     return text
 
 
-def _step(model: str, inputs: dict, outputs: dict) -> str:
+def _step(model: str, inputs: dict, outputs: dict, version: int) -> str:
     maps = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())
     maps += "".join(f'      output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in outputs.items())
-    return f'    {{\n      model_name: "{model}"\n      model_version: -1\n{maps}    }}'
+    return f'    {{\n      model_name: "{model}"\n      model_version: {version}\n{maps}    }}'
 
 
 def served_schema(schema: dict) -> dict:
@@ -122,20 +157,22 @@ def _pbtxt_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _ensemble_config(sigs: dict, schema: dict) -> str:
+def _ensemble_config(sigs: dict, schema: dict, current: int = 1) -> str:
     ens = sigs[ENSEMBLE]
     v = lambda t: VALIDATED_PREFIX + t  # noqa: E731  tensors that passed the validator
     steps = [
         _step(VALIDATE, {t.name: t.name for t in sigs[VALIDATE].inputs},
-              {t.name: t.name for t in sigs[VALIDATE].outputs}),
+              {t.name: v(t.name) if t.name == DEPLOYMENT else t.name for t in sigs[VALIDATE].outputs},
+              current),
         _step(USER_ENCODER, {t.name: v(t.name) for t in sigs[USER_ENCODER].inputs},
-              {"user_embedding": "user_embedding"}),
+              {"user_embedding": "user_embedding"}, current),
         _step(MIPS, {"user_embedding": "user_embedding", "history_ids": v("history_ids")},
-              {"candidate_ids": "candidate_ids"}),
+              {"candidate_ids": "candidate_ids"}, current),
         _step(RANKER, {t.name: t.name if t.name in ("user_embedding", "candidate_ids") else v(t.name)
                        for t in sigs[RANKER].inputs},
-              {t.name: t.name for t in sigs[RANKER].outputs}),
-        _step(CATALOGUE, {RANKED_IDS: RANKED_IDS}, {t.name: t.name for t in sigs[CATALOGUE].outputs}),
+              {t.name: t.name for t in sigs[RANKER].outputs}, current),
+        _step(CATALOGUE, {RANKED_IDS: RANKED_IDS, DEPLOYMENT: v(DEPLOYMENT)},
+              {t.name: t.name for t in sigs[CATALOGUE].outputs}, current),
     ]
     params = json.dumps(served_schema(schema), ensure_ascii=False, separators=(",", ":"))
     return (f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
@@ -144,52 +181,55 @@ def _ensemble_config(sigs: dict, schema: dict) -> str:
             + f'parameters {{\n  key: "schema"\n  value: {{ string_value: {_pbtxt_string(params)} }}\n}}\n')
 
 
-def model_configs(cfg: Config, schema: dict, serving: Serving = Serving()) -> dict[str, str]:
+def model_configs(cfg: Config, schema: dict, serving: Serving = Serving(), current: int = 1,
+                  loaded=None) -> dict[str, str]:
     """config.pbtxt text for every model of the repository, by model name, for the model
-    ``cfg`` over the data set ``schema`` (``grank.data.schema``)."""
+    ``cfg`` over the data set ``schema`` (``grank.data.schema``): the ensemble runs version
+    ``current`` of every step; the composing models keep ``loaded`` versions loaded (default:
+    the current one)."""
     sigs = signatures(cfg, schema)
+    loaded = (current,) if loaded is None else tuple(loaded)
+    if current not in loaded:
+        raise ValueError(f"versions: the current version {current} must be among the loaded ones {loaded}")
     head = HEADER.format(R=cfg.model.ranker_history, d=cfg.model.d_model, k1=cfg.eval.k1,
                          k2=cfg.eval.k2, dataset=schema["name"])
-    out = {name: head + _model_config(sigs[name], "onnxruntime", serving) for name in ONNX_MODELS}
+    out = {name: head + _model_config(sigs[name], "onnxruntime", serving, loaded) for name in ONNX_MODELS}
     for name in PYTHON_MODELS:
-        out[name] = head + _model_config(sigs[name], "python")
-    out[ENSEMBLE] = head + _ensemble_config(sigs, schema)
+        out[name] = head + _model_config(sigs[name], "python", serving, loaded)
+    out[ENSEMBLE] = head + _ensemble_config(sigs, schema, current)
     return out
 
 
-def write_configs(cfg: Config, schema: dict, repo: Path, serving: Serving = Serving()) -> list[Path]:
+def write_configs(cfg: Config, schema: dict, repo: Path, serving: Serving = Serving(),
+                  current: int = 1, loaded=None) -> list[Path]:
+    """Write every config.pbtxt, each atomically (a model loaded meanwhile reads the old or the
+    new file, never half of one)."""
     paths = []
-    for name, text in model_configs(cfg, schema, serving).items():
+    for name, text in model_configs(cfg, schema, serving, current, loaded).items():
         p = Path(repo) / name / "config.pbtxt"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(p)
         paths.append(p)
     return paths
 
 
-def config_drift(cfg: Config, schema: dict, repo: Path) -> list[str]:
+def config_drift(cfg: Config, schema: dict, repo: Path, current: int = 1, loaded=None) -> list[str]:
     """Models whose config.pbtxt in ``repo`` differs from what ``cfg`` and ``schema`` generate."""
-    return [name for name, text in model_configs(cfg, schema).items()
+    return [name for name, text in model_configs(cfg, schema, current=current, loaded=loaded).items()
             if not (Path(repo) / name / "config.pbtxt").exists()
             or (Path(repo) / name / "config.pbtxt").read_text() != text]
 
 
-def build(cfg: Config, schema: dict, onnx_paths: dict, limits: dict, catalogue: dict, repo: Path,
-          version: int = 1, force: bool = False) -> Path:
-    """Write configs and model files for one model version into ``repo``; ``catalogue``:
-    ``grank.data.catalogue`` of the checkpoint's data set.
+SCHEMA_FILE = "served_schema.json"  # beside each version's validator: its ensemble ``schema`` parameter
 
-    Refuses (unless ``force``) to overwrite existing config.pbtxt files that differ from the
-    ones this checkpoint needs, e.g. building a tiny checkpoint, or one of another data set,
-    into the committed repository.
-    """
+
+def write_version(onnx_paths: dict, limits: dict, catalogue: dict, schema: dict, repo: Path,
+                  version: int) -> None:
+    """The model files of one version (deployment) of every model; configs untouched. The
+    version's ``served_schema`` is kept beside its validator, for a switch back to it."""
     repo = Path(repo)
-    drift = [n for n in config_drift(cfg, schema, repo) if (repo / n / "config.pbtxt").exists()]
-    if drift and not force:
-        raise ValueError(f"{repo}: config.pbtxt of {', '.join(drift)} would change (this checkpoint "
-                         "has other shapes or another data set); build into another --repository "
-                         "or pass --force")
-    write_configs(cfg, schema, repo)
     for name in ONNX_MODELS:
         d = repo / name / str(version)
         d.mkdir(parents=True, exist_ok=True)
@@ -206,4 +246,26 @@ def build(cfg: Config, schema: dict, onnx_paths: dict, limits: dict, catalogue: 
         shutil.copyfile(SHARED_SOURCE, d / SHARED_SOURCE.name)
         (d / "catalogue.json").write_text(json.dumps(catalogue, ensure_ascii=False), encoding="utf-8")
     (repo / VALIDATE / str(version) / "limits.json").write_text(json.dumps(limits, indent=1))
+    (repo / VALIDATE / str(version) / SCHEMA_FILE).write_text(
+        json.dumps(served_schema(schema), ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+
+
+def build(cfg: Config, schema: dict, onnx_paths: dict, limits: dict, catalogue: dict, repo: Path,
+          version: int = 1, force: bool = False) -> Path:
+    """Write configs and model files for one model version into ``repo``, serving that version
+    alone; ``catalogue``: ``grank.data.catalogue`` of the checkpoint's data set. (A running
+    server takes a new version through ``serve.deploy`` instead.)
+
+    Refuses (unless ``force``) to overwrite existing config.pbtxt files that differ from the
+    ones this checkpoint needs, e.g. building a tiny checkpoint, or one of another data set,
+    into the committed repository.
+    """
+    repo = Path(repo)
+    drift = [n for n in config_drift(cfg, schema, repo, version) if (repo / n / "config.pbtxt").exists()]
+    if drift and not force:
+        raise ValueError(f"{repo}: config.pbtxt of {', '.join(drift)} would change (this checkpoint "
+                         "has other shapes or another data set); build into another --repository "
+                         "or pass --force")
+    write_configs(cfg, schema, repo, current=version)
+    write_version(onnx_paths, limits, catalogue, schema, repo, version)
     return repo

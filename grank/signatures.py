@@ -20,7 +20,14 @@ The ensemble ``grank`` speaks the data set's own ids (int64, or strings as BYTES
       -> grank_ranker        (ONNX: cross-attention Ranker, top-k2; with request_time, the
                               popularity-by-day table as a constant)
       -> grank_catalogue     (Python backend: dense ids -> the caller's ids and display names)
-    -> item_ids [k2] int64|bytes (best first), item_names [k2] bytes, scores [k2] float32
+    -> item_ids [k2] int64|bytes (best first), item_names [k2] bytes, scores [k2] float32,
+       deployment [1] int64 (the model version that answered, see below)
+
+Every step of one request runs the same model version: the ensemble pins each step's version
+and ``serve.deploy`` switches them together. The validator passes its version on as
+``deployment``; the catalogue step refuses a request whose validator version differs from its
+own (never seen: it would be a mixed request) and returns it, so a caller can tell which
+deployment answered.
 """
 from __future__ import annotations
 
@@ -113,6 +120,7 @@ def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
     scores = Tensor("scores", "float32", (k2,), "Ranker scores of item_ids, best first")
     ids = Tensor("item_ids", ids_t, (k2,), "the data set's ids of the Ranker's top-k2, best first")
     names = Tensor("item_names", "bytes", (k2,), "display names of item_ids")
+    version = Tensor(DEPLOYMENT, "int64", (1,), "the model version (deployment) that answered")
     when = (Tensor(REQUEST_TIME, "int64", (1,), "Unix seconds of the request (>= 0): the "
                    "Ranker's popularity features count the days before it"),) \
         if takes_request_time(cfg) else ()
@@ -120,12 +128,12 @@ def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
     checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc)
                     for t in (dense, events) + feats + when)
     return {
-        ENSEMBLE: Signature(ENSEMBLE, request, (ids, names, scores)),
-        VALIDATE: Signature(VALIDATE, request, checked),
+        ENSEMBLE: Signature(ENSEMBLE, request, (ids, names, scores, version)),
+        VALIDATE: Signature(VALIDATE, request, checked + (version,)),
         USER_ENCODER: Signature(USER_ENCODER, (dense, events) + feats, (user,)),
         MIPS: Signature(MIPS, (user, dense), (cids, cscores)),
         RANKER: Signature(RANKER, (user, dense, events, cids) + when, (ranked, scores)),
-        CATALOGUE: Signature(CATALOGUE, (ranked,), (ids, names)),
+        CATALOGUE: Signature(CATALOGUE, (ranked, version), (ids, names, version)),
     }
 
 
@@ -136,3 +144,4 @@ def mips_signature(cfg: Config) -> Signature:
 
 VALIDATED_PREFIX = "valid_"  # the validator's outputs: its inputs once checked (ids made dense)
 RANKED_IDS = "ranked_ids"    # the Ranker's dense ids, which the catalogue step turns into the caller's
+DEPLOYMENT = "deployment"    # the model version that answered (validator -> catalogue -> caller)

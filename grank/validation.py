@@ -70,6 +70,18 @@ class Catalogue:
                                                  f"catalogue ({len(self.own) - 1:,} items) at row {r} slot {c}")
         return dense.astype(np.int64), None
 
+    def check_ranked(self, dense) -> str | None:
+        """An error naming the first of ``dense`` [B, K] outside 1..N, or None. The catalogue
+        step's guard: the Ranker never ranks padding, and -1 marks a row that a composing
+        model, called directly with out-of-range input, flagged instead of answering."""
+        a = np.asarray(dense)
+        bad = (a < 1) | (a > len(self.own) - 1)
+        if not bad.any():
+            return None
+        r, c = np.argwhere(bad)[0]
+        why = " (-1: an earlier step flagged the row's input as invalid)" if a[r, c] == -1 else ""
+        return f"ranked_ids: dense id {int(a[r, c])} at row {r} slot {c} is outside 1..{len(self.own) - 1}{why}"
+
     def to_own(self, dense) -> np.ndarray:
         """[B, K] dense ids (0 = padding) -> the data set's ids (int64, or bytes objects), the
         padding id where 0."""

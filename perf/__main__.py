@@ -4,11 +4,16 @@
   python -m perf tune --checkpoint artifacts/default/grank/best.pt --variants default threads1
   python -m perf plan --qps 2000 --p99-ms 50 --items 1000000
   python -m perf report --docs docs
+  python -m perf swap --repository model_repository --checkpoint artifacts/fast-seed1/grank/best.pt
+  python -m perf overload --repository model_repository --rates 400 1500 3000
+  python -m perf soak --repository model_repository --minutes 10 --concurrency 16
 
 `sweep` runs perf_analyzer against a running server (`make serve`); `tune` serves variants of
 the repository and sweeps each; `plan` turns measured rows into machine counts; `report`
-renders docs/PERFORMANCE.md from docs/performance.json (no measuring). The MIPS benchmark's
-rows come from `python -m mipsbench`.
+renders docs/PERFORMANCE.md from docs/performance.json (no measuring); `swap` measures a model
+swap and its rollback under perf_analyzer load; `overload` offers open-loop load far above
+capacity with and without admission control; `soak` holds a concurrency for many minutes (all
+three start their own server on a copy of the repository; docs/RELIABILITY.md). The MIPS benchmark's rows come from `python -m mipsbench`.
 """
 from __future__ import annotations
 
@@ -64,7 +69,45 @@ def main(argv=None) -> int:
                                    "(and the plots beside it) from the rows in DOCS/performance.json; the "
                                    "hand-written text above the marker is kept.")
     p.add_argument("--docs", default="docs", help="folder holding performance.json; PERFORMANCE.md and plots go there")
+    p = sub.add_parser("swap", help="deploy a checkpoint and roll it back under perf_analyzer load")
+    p.add_argument("--repository", default="model_repository", help="a built repository (copied, not changed)")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to deploy (same served shapes)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds of load before, between and after the switches")
+    p.add_argument("--out", default="artifacts/perf/swap")
+    p = sub.add_parser("overload", help="open-loop load far above capacity, with and without admission control")
+    p.add_argument("--repository", default="model_repository", help="a built repository (copied, not changed)")
+    p.add_argument("--rates", type=float, nargs="+", default=[400, 1500, 3000], help="offered requests per second")
+    p.add_argument("--seconds", type=float, default=15.0, help="per rate")
+    p.add_argument("--deadline", type=float, default=5.0, help="client deadline per request, seconds")
+    p.add_argument("--out", default="artifacts/perf/overload")
+    p = sub.add_parser("soak", help="perf_analyzer at one concurrency for minutes: errors, latency, memory per minute")
+    p.add_argument("--repository", default="model_repository", help="a built repository (copied, not changed)")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--out", default="artifacts/perf/soak")
     a = ap.parse_args(argv)
+    if a.cmd == "soak":
+        import json
+
+        from .soak import run as soak
+        print(json.dumps(soak(Path(a.repository), Path(a.out), a.minutes, a.concurrency, a.protocol), indent=1))
+        return 0
+    if a.cmd == "swap":
+        import json
+
+        from .swap import run as swap
+        print(json.dumps(swap(Path(a.repository), Path(a.checkpoint), Path(a.out), a.concurrency, a.protocol,
+                              a.settle), indent=1))
+        return 0
+    if a.cmd == "overload":
+        import json
+
+        from .overload import compare
+        print(json.dumps(compare(Path(a.repository), Path(a.out), a.rates, a.seconds, a.deadline), indent=1))
+        return 0
     if a.cmd == "tune":
         return _tune(a)
     if a.cmd == "plan":

@@ -133,7 +133,7 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     {model name: onnx path}."""
     import torch
 
-    from export.onnx_models import MipsTopK, RankerTopK, UserEncoder, export_one
+    from export.onnx_models import MipsTopK, RankerTopK, UserEncoder, embedding_bound, export_one
     from export.parity import check_onnx, pipeline_arrays, real_inputs
     from grank.data import load
     from grank.signatures import USER_ENCODER, signatures
@@ -148,7 +148,8 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     table = torch.cat([real, torch.from_numpy(extra)])
     ranker = RankerTopK(model, cfg.eval.k2).eval()
     ranker.item_vectors = table  # the buffer the Ranker gathers candidates from
-    graphs = {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau).eval(),
+    graphs = {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau,
+                                                                            max_abs=embedding_bound(model)).eval(),
               RANKER: ranker}
     arrays = pipeline_arrays(graphs, real_inputs(load(cfg.dataset), cfg, 16, seed))
     sigs = signatures(cfg, ck["dataset"])

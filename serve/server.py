@@ -10,6 +10,11 @@ backend directory (``artifacts/triton/backends`` by default):
 - ``onnxruntime/model.py``: our Python-based ``onnxruntime`` backend (see its docstring).
 The server runs with PYTHONPATH = this venv's site-packages (numpy < 2, onnxruntime) and
 LD_LIBRARY_PATH = the wheel's bundled libraries + this interpreter's libpython.
+
+The server binds ``host`` (loopback by default; ``serve.admin`` refuses anything wider without
+a management key, and with a key restricts the management APIs). Models are loaded in explicit
+model-control mode (all of them at start), so that ``serve.deploy`` can swap model versions
+while serving; which versions load is what the configs on disk say.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grank.signatures import ENSEMBLE
+
+from .admin import is_loopback, server_flags
 
 HERE = Path(__file__).resolve().parent
 # Harmless on a CPU machine (ENVIRONMENT.md); filtered out of the log excerpt shown on failure.
@@ -44,23 +51,31 @@ def _wheel() -> Path:
     return root
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """copy2 unless ``dst`` is already that file: a stub still running from a server that
+    just died cannot be overwritten ("Text file busy"), and need not be."""
+    if dst.exists() and (dst.stat().st_size, int(dst.stat().st_mtime)) == (src.stat().st_size, int(src.stat().st_mtime)):
+        return
+    shutil.copy2(src, dst)
+
+
 def prepare_backends(dest: Path) -> Path:
     """Build the backend directory in ``dest`` (idempotent, cheap); returns it."""
     wheel = _wheel()
     py = dest / "python"
     py.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(wheel / "backends" / "python" / "libtriton_python.so", py / "libtriton_python.so")
-    shutil.copy2(wheel / "backends" / "python" / "triton_python_backend_utils.py",
-                 py / "triton_python_backend_utils_wheel.py")
-    shutil.copy2(HERE / "backends" / "python_utils_shim.py", py / "triton_python_backend_utils.py")
+    _copy(wheel / "backends" / "python" / "libtriton_python.so", py / "libtriton_python.so")
+    _copy(wheel / "backends" / "python" / "triton_python_backend_utils.py",
+          py / "triton_python_backend_utils_wheel.py")
+    _copy(HERE / "backends" / "python_utils_shim.py", py / "triton_python_backend_utils.py")
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = wheel / "python_backend_stubs" / ver / "triton_python_backend_stub"
     if not stub.exists():
         raise RuntimeError(f"the pytriton wheel has no Python backend stub for Python {ver}")
-    shutil.copy2(stub, py / "triton_python_backend_stub")
+    _copy(stub, py / "triton_python_backend_stub")
     ort = dest / "onnxruntime"
     ort.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(HERE / "backends" / "onnxruntime" / "model.py", ort / "model.py")
+    _copy(HERE / "backends" / "onnxruntime" / "model.py", ort / "model.py")
     return dest
 
 
@@ -96,6 +111,8 @@ class TritonServer:
     work_dir: Path = Path("artifacts/triton")
     log_verbose: int = 0
     extra_args: list = field(default_factory=list)
+    host: str = "127.0.0.1"   # HTTP, gRPC and metrics bind here
+    admin_key: str | None = field(default=None, repr=False)  # never shown
     proc: subprocess.Popen | None = None
 
     def __post_init__(self):
@@ -105,25 +122,35 @@ class TritonServer:
         self.grpc_port = self.grpc_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
         self.log_file = Path(self.log_file or self.work_dir / "tritonserver.log")
+        self.flags = server_flags(self.host, self.admin_key)  # refuses an exposed key-less server
+
+    @property
+    def local_host(self) -> str:
+        """Where this machine reaches the server: a wildcard or loopback bind via localhost."""
+        return "localhost" if self.host in ("0.0.0.0", "::") or is_loopback(self.host) else self.host
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{self.local_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{self.local_host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.metrics_port}/metrics"
+        return f"http://{self.local_host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
         return [str(_wheel() / "bin" / "tritonserver"), f"--model-repository={self.repository}",
                 f"--backend-directory={(self.work_dir / 'backends').resolve()}",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}", f"--log-verbose={self.log_verbose}",
-                "--exit-on-error=true", *self.extra_args]
+                "--exit-on-error=true", "--model-control-mode=explicit", "--load-model=*",
+                # in-flight requests finish in milliseconds; one stuck in a dead Python stub
+                # would otherwise hold a shutdown for Triton's default 30 s
+                "--exit-timeout-secs=10",
+                *self.flags, *self.extra_args]
 
     def start(self, ready_model: str | None = ENSEMBLE, timeout: float = 180.0) -> "TritonServer":
         """Start the server and wait until ``ready_model`` (or the server) is ready."""

@@ -163,3 +163,61 @@ def test_the_exported_ranker_is_the_trained_and_blended_one(tiny_export, tiny_tr
     assert tiny_export.model.ranker.blend.tolist() == model.ranker.blend.tolist()
     assert tiny_export.model.ranker.blend.tolist() == pytest.approx(list(summary["blend"]["weights"].values()), abs=1e-4)
     assert tiny_export.problems == {n: [] for n in ONNX_MODELS}
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_graphs_flag_rows_with_bad_inputs_and_leave_the_others_alone(tiny_export):
+    """Called directly (no validator), each ONNX graph answers a row with out-of-range or
+    non-finite inputs as a flagged row (NaN embedding, or ids -1 with NaN scores); the good
+    rows of the same batch keep the answer they get alone."""
+    a, cfg, schema = tiny_export.arrays, tiny_export.cfg, tiny_export.ck["dataset"]
+    n, n_events = schema["n_items"], len(schema["events"])
+    sigs = signatures(cfg, schema)
+    good = {k: v[:2].copy() for k, v in a.items()}
+
+    def run(name, arrays):
+        s = _session(tiny_export.paths[name])
+        return dict(zip([t.name for t in sigs[name].outputs],
+                        s.run(None, {t.name: arrays[t.name] for t in sigs[name].inputs})))
+
+    def with_bad_row(name, tensor, value, col=-1):
+        x = {k: np.concatenate([v, v[:1]]) for k, v in good.items()}  # row 2 = row 0, spoilt
+        x[tensor] = x[tensor].copy()
+        x[tensor][2, col] = value
+        return run(name, x)
+
+    # the guards never flag real users' rows (the reference arrays come from the guarded graphs)
+    assert np.isfinite(a["user_embedding"]).all() and (a["candidate_ids"] > 0).all() and (a["ranked_ids"] > 0).all()
+    enc_ok = run(USER_ENCODER, good)["user_embedding"]
+    for tensor, value in (("history_ids", -1), ("history_ids", n + 1), ("history_ids", 2 ** 62),
+                          ("history_events", n_events + 1), ("history_events", -3),
+                          ("user_features", 10 ** 6), ("user_features", -1)):
+        out = with_bad_row(USER_ENCODER, tensor, value)["user_embedding"]
+        assert np.isnan(out[2]).all(), (tensor, value)
+        np.testing.assert_allclose(out[:2], enc_ok, rtol=0, atol=1e-5)
+
+    mips_ok = run(MIPS, good)
+    # beyond what the encoder's final LayerNorm can output: flagged, overflowing or not
+    bound = float(np.abs(enc_ok).max())
+    for tensor, value, col in (("user_embedding", np.nan, 0), ("user_embedding", np.inf, 0),
+                               ("user_embedding", 3e38, slice(None)), ("user_embedding", 1e38, 0),
+                               ("user_embedding", -1e4, 0), ("history_ids", -5, 0),
+                               ("history_ids", n + 1, 0)):
+        out = with_bad_row(MIPS, tensor, value, col=col)
+        assert (out["candidate_ids"][2] == -1).all() and np.isnan(out["candidate_scores"][2]).all(), (tensor, value)
+        np.testing.assert_array_equal(out["candidate_ids"][:2], mips_ok["candidate_ids"])
+
+    rank_ok = run(RANKER, good)
+    assert bound < 1e4, "the test's -1e4 must be out of the encoder's range"
+    bad = [("user_embedding", np.nan), ("user_embedding", -np.inf), ("user_embedding", 1e38), ("history_ids", n + 7),
+           ("history_events", n_events + 1), ("candidate_ids", -1), ("candidate_ids", 0),
+           ("candidate_ids", n + 1)]
+    if "request_time" in good:
+        bad.append(("request_time", -1))
+    for tensor, value in bad:
+        out = with_bad_row(RANKER, tensor, value, col=0)
+        assert (out["ranked_ids"][2] == -1).all() and np.isnan(out["scores"][2]).all(), (tensor, value)
+        np.testing.assert_array_equal(out["ranked_ids"][:2], rank_ok["ranked_ids"])

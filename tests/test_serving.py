@@ -4,6 +4,12 @@ sending the data set's own item ids, bad input gets errors naming the field, and
 keeps answering afterwards."""
 import asyncio
 import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,13 +57,16 @@ def test_every_composing_model_answers(triton_server, tiny_export, protocol):
     out = raw_infer(triton_server, protocol, VALIDATE, own, sigs[VALIDATE])
     np.testing.assert_array_equal(out["valid_history_ids"], batch["history_ids"])  # made dense
     np.testing.assert_array_equal(out["valid_history_events"], batch["history_events"])
+    assert (out["deployment"] == 1).all()  # the validator's version, for the catalogue step
     out = raw_infer(triton_server, protocol, USER_ENCODER, batch, sigs[USER_ENCODER])
     np.testing.assert_allclose(out["user_embedding"], batch["user_embedding"], atol=1e-4, rtol=1e-4)
     out = raw_infer(triton_server, protocol, MIPS, batch, sigs[MIPS])
     np.testing.assert_allclose(out["candidate_scores"], batch["candidate_scores"], atol=1e-3)
     out = raw_infer(triton_server, protocol, RANKER, batch, sigs[RANKER])
     np.testing.assert_allclose(out["scores"], batch["scores"], atol=1e-3)
+    batch["deployment"] = np.ones((8, 1), np.int64)
     out = raw_infer(triton_server, protocol, CATALOGUE, batch, sigs[CATALOGUE])
+    assert (out["deployment"] == 1).all()
     d = tiny_export.data
     np.testing.assert_array_equal(out["item_ids"], d.item_ids[batch["ranked_ids"]])  # the data set's ids
     assert [n.decode() for n in out["item_names"][0]] == [d.names[i] for i in batch["ranked_ids"][0]]
@@ -200,13 +209,18 @@ def test_good_and_bad_requests_interleaved_under_concurrency(triton_server, tiny
             assert kind == "error" and "history_ids" in val
 
 
-def test_make_serve_entry_point_starts_prints_urls_and_stops_on_ctrl_c(tiny_repository, tmp_path):
-    """`python -m serve` (what `make serve` runs): ready banner with the URLs, clean exit on SIGINT."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def _cmdline(proc_dir) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_make_serve_entry_point_starts_restarts_after_a_crash_and_stops_on_ctrl_c(tiny_repository, tmp_path):
+    """`python -m serve` (what `make serve` runs): ready banner with the URLs, loopback only;
+    the one-request crash of Triton 2.51's HTTP/JSON parser (a declared shape of 2**62
+    elements) is caught: the server is restarted, the crash counted and logged, and the same
+    request answers the same afterwards; clean exit on SIGINT."""
     p = subprocess.Popen([sys.executable, "-m", "serve", "--repository", str(tiny_repository),
                           "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                           "--work-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -222,13 +236,73 @@ def test_make_serve_entry_point_starts_prints_urls_and_stops_on_ctrl_c(tiny_repo
                 break
         banner = "".join(lines)
         assert "ready in" in banner and "gRPC" in banner and "metrics" in banner, banner
-        http = next(l.split()[1] for l in lines if l.strip().startswith("HTTP"))
+        assert "bound to 127.0.0.1" in banner, banner
+        http_url = next(l.split()[1] for l in lines if l.strip().startswith("HTTP"))
+        import http.client
+        import json
         import urllib.request
-        with urllib.request.urlopen(f"http://{http}/v2/models/grank/ready", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/grank/ready", timeout=5) as r:
             assert r.status == 200
+        good = json.dumps({"inputs": [{"name": "history_ids", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]})
+        host, port = http_url.split(":")
+
+        def post(body):
+            c = http.client.HTTPConnection(host, int(port), timeout=30)
+            try:
+                c.request("POST", "/v2/models/grank_catalogue/infer", body, {"Content-Type": "application/json"})
+                r = c.getresponse()
+                return r.status, r.read()
+            finally:
+                c.close()
+        assert post(good)[0] == 400  # no deployment input: a clean 400, the server fine
+        crash = good.replace("[1, 4]", f"[1, {2 ** 62}]")
+        t0 = time.time()
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            post(crash)
+        while time.time() - t0 < 120:
+            line = p.stdout.readline()
+            lines.append(line)
+            if "restarted" in line or not line:
+                break
+        back = time.time() - t0
+        text = "".join(lines)
+        assert "died with signal SIGSEGV; crash 1" in text and "serving again" in text, text
+        assert back < 60, back
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/grank/ready", timeout=5) as r:
+            assert r.status == 200
+        journal = [json.loads(x) for x in (tmp_path / "supervisor.jsonl").read_text().splitlines()]
+        assert [e["event"] for e in journal] == ["crash", "restarted"]
+        assert (tmp_path / "tritonserver.crash-1.log").exists()
+
+        # a Python stub killed: the supervisor's probe finds it and reloads the model; a client
+        # with a deadline retries through it and sees no error
+        from serve.deploy import current_version, probe_request
+        c = GRankClient(http_url, "http", deadline_s=20)
+        req = probe_request(tiny_repository, current_version(tiny_repository))
+        before = c.infer(req)
+        # this server's stubs only: their binary lives in its work dir (other servers share the repository)
+        stubs = [int(q.name) for q in Path("/proc").iterdir() if q.name.isdigit()
+                 and f"{tmp_path}/backends/python/triton_python_backend_stub".encode() in _cmdline(q)
+                 and b"grank_validate" in _cmdline(q)]
+        assert stubs
+        for pid in stubs:
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.time()
+        after = c.infer(req)  # retried until the model is back
+        np.testing.assert_array_equal(after[0], before[0])
+        while time.time() - t0 < 60:
+            line = p.stdout.readline()
+            lines.append(line)
+            if "model reloaded" in line or not line:
+                break
+        assert "the Python stub of grank_validate died; model reloaded" in "".join(lines), "".join(lines)
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=60)
-        assert p.returncode == 0 and "server stopped" in out, out
+        assert p.returncode == 0 and "server stopped (1 crash(es) restarted)" in out, out
     finally:
-        if p.poll() is None:
-            p.kill()
+        if p.poll() is None:  # SIGINT first: a killed supervisor would leave tritonserver behind
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
