@@ -142,7 +142,7 @@ perf-tune: setup ## Serve each serving variant on its own Triton and sweep it wi
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default trained_shape k1_200 k1_1000 history128 history64
 	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants default mips_threads2 --items 1000000
 
-perf-swap: setup ## A deploy + rollback of NEW_CHECKPOINT under perf_analyzer load (own server on a copy of REPOSITORY)
+perf-swap: setup ## A deploy + rollback of NEW_CHECKPOINT under load, every answer checked (own server on a copy of REPOSITORY)
 	$(PY) -m perf swap --repository $(REPOSITORY) --checkpoint $(NEW_CHECKPOINT) --out $(ARTIFACTS)/perf/swap
 
 perf-overload: setup ## Open-loop load far above capacity, with and without admission control (own servers)

@@ -238,7 +238,10 @@ def write_version(onnx_paths: dict, limits: dict, catalogue: dict, schema: dict,
         data = src.with_name(src.name + ".data")
         if data.exists():  # external data keeps the location written in the model: the same name
             shutil.copyfile(data, d / data.name)
-    (repo / ENSEMBLE / str(version)).mkdir(parents=True, exist_ok=True)  # Triton needs one, empty
+    # the ensemble itself has one version, 1, forever (Triton needs the folder, empty): its
+    # config pins the steps' versions. A second ensemble version would make every reload
+    # switch the ensemble's own version, and requests meeting the switch would fail.
+    (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
     for name, src in PYTHON_SOURCES.items():
         d = repo / name / str(version)
         d.mkdir(parents=True, exist_ok=True)

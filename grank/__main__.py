@@ -1,4 +1,4 @@
-"""Command line: ``python -m grank {data,train,evaluate,results,demo} --help``."""
+"""Command line: ``python -m grank {data,train,evaluate,results,demo,add-items} --help``."""
 from __future__ import annotations
 
 import argparse
@@ -67,7 +67,14 @@ def main(argv=None) -> int:
         p.add_argument("--note", default="", help="a sentence printed under the protocol "
                        "(e.g. how the rows were run)")
         p.add_argument("--docs", default="docs" if name == "results" else "artifacts/demo-docs")
+    p = sub.add_parser("add-items", help="append new items (content features, no interactions yet) to a "
+                       "trained checkpoint's catalogue, for serve.deploy")
+    from .new_items import add_arguments as add_items_arguments
+    add_items_arguments(p)
     a = ap.parse_args(argv)
+    if a.cmd == "add-items":
+        from .new_items import run as add_items
+        return add_items(a)
     overrides = {**({"dataset": a.dataset} if getattr(a, "dataset", None) and a.cmd != "data" else {}),
                  **dict(getattr(a, "set", None) or ())}
 

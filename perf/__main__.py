@@ -11,7 +11,7 @@
 `sweep` runs perf_analyzer against a running server (`make serve`); `tune` serves variants of
 the repository and sweeps each; `plan` turns measured rows into machine counts; `report`
 renders docs/PERFORMANCE.md from docs/performance.json (no measuring); `swap` measures a model
-swap and its rollback under perf_analyzer load; `overload` offers open-loop load far above
+swap and its rollback under load, checking every answer; `overload` offers open-loop load far above
 capacity with and without admission control; `soak` holds a concurrency for many minutes (all
 three start their own server on a copy of the repository; docs/RELIABILITY.md). The MIPS benchmark's rows come from `python -m mipsbench`.
 """
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default=None,
                    help="where the replayed users come from (default: the data set the server says it serves)")
     p.add_argument("--out", default="artifacts/perf", help="folder for perf.csv, the log, command.txt, perf.png")
+    p.add_argument("--admin-key-file", default=None,
+                   help="the management key of a server that has one (else $GRANK_ADMIN_KEY): perf_analyzer reads the config")
     p = sub.add_parser("plan", help="capacity planner: machines / GPUs / servers for a target QPS and p99")
     p.add_argument("--qps", type=float, required=True, help="target queries (users) per second")
     p.add_argument("--p99-ms", type=float, required=True, help="p99 latency budget in ms")
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
                                    "(and the plots beside it) from the rows in DOCS/performance.json; the "
                                    "hand-written text above the marker is kept.")
     p.add_argument("--docs", default="docs", help="folder holding performance.json; PERFORMANCE.md and plots go there")
-    p = sub.add_parser("swap", help="deploy a checkpoint and roll it back under perf_analyzer load")
+    p = sub.add_parser("swap", help="deploy a checkpoint and roll it back under load, every answer checked")
     p.add_argument("--repository", default="model_repository", help="a built repository (copied, not changed)")
     p.add_argument("--checkpoint", required=True, help="the checkpoint to deploy (same served shapes)")
     p.add_argument("--concurrency", type=int, default=8)
@@ -120,16 +122,19 @@ def main(argv=None) -> int:
 
     from tritonclient.utils import InferenceServerException
 
+    from serve.admin import read_key
+
     from .sweep import sweep
     try:
-        client = GRankClient(a.url, a.protocol)
-    except InferenceServerException as e:
+        key = read_key(a.admin_key_file)
+        client = GRankClient(a.url, a.protocol, admin_key=key)
+    except (InferenceServerException, ValueError) as e:
         print(f"error: server {a.url}: {e} (start one with `make serve`)", file=sys.stderr)
         return 2
     try:
         res = sweep(client, load(a.dataset or client.schema["dataset"]), a.url, a.protocol, Path(a.out), concurrency=a.concurrency,
                     request_rate=a.request_rate, batch=a.batch, interval_ms=a.interval_ms,
-                    stability=a.stability)
+                    stability=a.stability, key=key)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -59,11 +59,27 @@ def write_input_data(client, data, path: Path, n_users: int = 200, seed: int = 0
     return path
 
 
+def key_args(protocol: str, key: str | None) -> list[str]:
+    """perf_analyzer arguments sending the management key: it reads the model's config, which a
+    server with a key restricts."""
+    from serve.admin import headers
+    return [a for k, v in headers(protocol, key).items() for a in ("-H", f"{k}:{v}")]
+
+
+def redact(cmd: list[str], key: str | None) -> str:
+    """The command as text to record or print, the key replaced by its variable's name."""
+    from serve.admin import KEY_ENV
+    text = shlex.join(cmd)
+    return text.replace(key, "$" + KEY_ENV) if key else text
+
+
 def command(url: str, protocol: str, input_data: Path, csv_path: Path, model: str = ENSEMBLE,
             concurrency: str | None = "1:4:1", request_rate: str | None = None, batch: int = 1,
-            interval_ms: int = 3000, stability: int = 25, extra: list | None = None) -> list[str]:
+            interval_ms: int = 3000, stability: int = 25, extra: list | None = None,
+            key: str | None = None) -> list[str]:
     """The perf_analyzer command line. ``stability``: allowed % variation between measurement
-    windows (perf_analyzer's default 10 rarely settles on a shared 2-core machine)."""
+    windows (perf_analyzer's default 10 rarely settles on a shared 2-core machine); ``key``: the
+    server's management key, if it has one (record the command with ``redact``)."""
     cmd = [str(perf_analyzer_bin()), "-m", model, "-u", url, "-i", protocol, "-b", str(batch),
            "--input-data", str(input_data), "--measurement-interval", str(interval_ms),
            "--stability-percentage", str(stability),
@@ -74,7 +90,7 @@ def command(url: str, protocol: str, input_data: Path, csv_path: Path, model: st
         cmd += ["--request-rate-range", request_rate, "--request-distribution", "poisson"]
     else:
         cmd += ["--concurrency-range", concurrency]
-    return cmd + list(extra or [])
+    return cmd + key_args(protocol, key) + list(extra or [])
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -117,13 +133,14 @@ def sweep(client, data, url: str, protocol: str, out: Path, **kw) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     inputs = write_input_data(client, data, out / "input_data.json")
     cmd = command(url, protocol, inputs, out / "perf.csv", **kw)
-    (out / "command.txt").write_text(shlex.join(cmd) + "\n")
+    shown = redact(cmd, kw.get("key"))
+    (out / "command.txt").write_text(shown + "\n")
     r = subprocess.run(cmd, capture_output=True, text=True, env=perf_env())
     (out / "perf_analyzer.log").write_text(r.stdout + r.stderr)
     if r.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed (exit {r.returncode}): {shlex.join(cmd)}\n"
+        raise RuntimeError(f"perf_analyzer failed (exit {r.returncode}): {shown}\n"
                            + (r.stdout + r.stderr)[-3000:])
     rows = read_csv(out / "perf.csv")
     load = "request rate" if kw.get("request_rate") else "concurrency"
     plot(rows, out / "perf.png", f"grank ensemble, {protocol}, {load} sweep (labels: {load})")
-    return {"command": shlex.join(cmd), "rows": rows, "dir": str(out)}
+    return {"command": shown, "rows": rows, "dir": str(out)}

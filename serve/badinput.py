@@ -32,7 +32,7 @@ standard library (raw HTTP over sockets), ``numpy`` and the gRPC stubs of ``trit
 every socket and call has a timeout, so a server that stops answering cannot hang a run.
 
 One kind is never sent unless asked (``include_crashers=True``): an HTTP JSON request declaring
-a huge shape ([2, 2**62]) makes Triton 2.51 allocate for the declared shape and die (SIGSEGV or
+a huge shape ([1, 2**62]) makes Triton 2.51 allocate for the declared shape and die (SIGSEGV or
 std::bad_alloc); it is for a supervised server.
 """
 from __future__ import annotations
@@ -42,11 +42,9 @@ import copy
 import http.client
 import json
 import math
-import os
 import socket
 import struct
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -54,10 +52,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ENSEMBLE, VALIDATE, USER_ENCODER = "grank", "grank_validate", "grank_user_encoder"
-MIPS, RANKER, CATALOGUE = "grank_mips", "grank_ranker", "grank_catalogue"
+from grank.signatures import CATALOGUE, DEPLOYMENT, ENSEMBLE, MIPS, RANKER, USER_ENCODER, VALIDATE
+from serve.processes import RssSampler, alive, rss_bytes
+
 MODELS = (ENSEMBLE, VALIDATE, USER_ENCODER, MIPS, RANKER, CATALOGUE)
-DEPLOYMENT = "deployment"  # where served: the version that validated a request, checked by the catalogue
 JSON, BINARY, GRPC = "http-json", "http-binary", "grpc"
 PROTOCOLS = (JSON, BINARY, GRPC)
 ALL3 = PROTOCOLS
@@ -846,8 +844,8 @@ def _kinds() -> list[Kind]:
         # -- sizes
         K("huge_declared_shape", E, (BINARY, GRPC), _shape(hid, lambda s, a: [a.shape[0], 2 ** 40]), REJECT,
           "history_ids declared [2, 2**40] (binary and gRPC only check the declared shape)"),
-        K("huge_declared_shape_json", E, (JSON,), _shape(hid, lambda s, a: [a.shape[0], 2 ** 62]), REJECT,
-          "history_ids declared [2, 2**62] in JSON: Triton 2.51 allocates for it and dies",
+        K("huge_declared_shape_json", E, (JSON,), _shape(hid, lambda s, a: [1, 2 ** 62]), REJECT,
+          "history_ids declared [1, 2**62] in JSON: Triton 2.51 allocates for it and dies",
           crashes_251=True, parse=True),
         K("huge_body", E, ALL3, _huge_body, REJECT,
           "about 10 MB of good rows, more than max_batch_size of them", parse=True),
@@ -1157,80 +1155,6 @@ def judge(s: Served, kind: Kind, protocol: str, call: Call, o: Outcome) -> tuple
 # memory and liveness
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (Triton's Python backend stubs are its children)."""
-    seen, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.append(p)
-        todo += _children(p)
-    return seen
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_bytes(pid: int) -> int:
-    """Summed VmRSS of ``pid`` and its descendants, in bytes. Pages shared between the
-    processes (libraries, the stubs' shared-memory regions) count once per process: a
-    consistent measure for before/after comparisons, not the machine's memory use."""
-    return 1024 * sum(_rss_kb(p) for p in descendants(pid))
-
-
-def alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-class _Sampler(threading.Thread):
-    """Samples ``rss_bytes(pid)`` every ``every_s`` seconds, keeping the peak."""
-
-    def __init__(self, pid: int, every_s: float = 0.05):
-        super().__init__(daemon=True)
-        self.pid, self.every_s, self.peak = pid, every_s, rss_bytes(pid)
-        self._halt = threading.Event()
-
-    def run(self):
-        while not self._halt.wait(self.every_s):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join(5)
-        return self.peak
-
-
 def ready(http_url: str) -> bool:
     try:
         status, _ = _get_json(http_url, "/v2/health/ready")
@@ -1299,7 +1223,7 @@ def run(http_url: str, grpc_url: str, server_pid: int | None = None, headers: di
     if good0.outputs is None:
         g.close()
         raise RuntimeError(f"the fixed good request failed before any bad one: {good0.code} {good0.message}")
-    sampler = _Sampler(server_pid) if server_pid is not None else None
+    sampler = RssSampler(server_pid) if server_pid is not None else None
     if sampler:
         sampler.start()
     mem_before = rss_bytes(server_pid) if server_pid is not None else None

@@ -201,7 +201,7 @@ def prune(repo: Path, keep: int, protect=()) -> list[int]:
     old = [v for v in versions_on_disk(repo) if v not in protect]
     drop = old[:max(0, len(old) - max(0, keep - len(protect)))]
     for v in drop:
-        for m in (ENSEMBLE,) + COMPOSING:
+        for m in COMPOSING:  # the ensemble keeps its one version, 1
             shutil.rmtree(Path(repo) / m / str(v), ignore_errors=True)
     return drop
 

@@ -188,6 +188,9 @@ def test_swap_and_rollback_under_load_never_fail_or_mix(keyed_server, tiny_expor
         deps = [int(a[2][0]) for a in callers.answers if a[0] == i]
         assert deps == sorted(deps), f"caller {i} went back to the old version"
     assert sorted(deploy.ready_versions("grank_mips")) == [2]  # the old one retired
+    # the ensemble keeps its one version (a second one would switch under requests)
+    assert sorted(x.name for x in (repo / "grank").iterdir() if x.is_dir()) == ["1"]
+    assert deploy.ready_versions("grank") == {1}
     assert versions_on_disk(repo) == [1, 2]                    # kept for a rollback
 
     with Callers(s, arrays) as callers:
@@ -253,3 +256,24 @@ def test_a_model_that_fails_to_load_at_start_stops_the_start_with_its_error(tiny
         TritonServer(repo, work_dir=tmp_path / "t1").start(timeout=120)
     assert main(["--repository", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                  "--work-dir", str(tmp_path / "t2"), "--timeout", "120"]) == 1
+
+
+def test_new_items_ship_as_a_deployment_and_are_served_at_once(keyed_server, tiny_trained, ml100k, tmp_path):
+    """Items with content features and no interactions: add-items, deploy, and the served
+    catalogue takes them in histories at once (an unknown id before)."""
+    from grank.new_items import add_items
+    _, _, out, _ = tiny_trained
+    (tmp_path / "new.csv").write_text("item_id,name,genre,year\n90001,New (1998),Comedy,1990-91\n")
+    add_items(out / "best.pt", tmp_path / "new.csv", tmp_path / "best+new.pt")
+    s, repo = keyed_server, keyed_server.repository
+    c = GRankClient(s.grpc_url, "grpc", admin_key=KEY)
+    with pytest.raises(Exception, match="90001"):
+        c.recommend([1, 2, 90001])
+    v = stage(tmp_path / "best+new.pt", repo, tmp_path / "work", log=lambda *_: None)
+    switch(repo, DeployServer(s.http_url, KEY), v, log=lambda *_: None)
+    c = GRankClient(s.grpc_url, "grpc", admin_key=KEY)
+    assert c.schema["n_items"] == ml100k.n_items + 1
+    recs = c.recommend([1, 2, 90001], k=5)
+    assert len(recs) == 5
+    arrays = c.request([[1, 2, 90001]])
+    assert (c.infer(arrays).deployment == v).all()
