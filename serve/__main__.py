@@ -59,6 +59,7 @@ class Supervisor:
         self.journal = Path(server.work_dir) / "supervisor.jsonl"
         self.out = out
         self.probe_every_s, self.last_probe = probe_every_s, time.time()
+        self._client = None
 
     def heal(self) -> str | None:
         """Probe the ensemble; reload a model whose Python stub died. Returns its name."""
@@ -67,7 +68,9 @@ class Supervisor:
         self.last_probe = time.time()
         from .deploy import DeployError, Server, current_version, probe_request
         try:
-            server = Server(self.server.http_url, self.server.admin_key, timeout_s=30)
+            if self._client is None:  # one client for the supervisor's life: no socket per probe
+                self._client = Server(self.server.http_url, self.server.admin_key, timeout_s=30)
+            server = self._client
             server.probe(probe_request(self.server.repository, current_version(self.server.repository)))
             return None
         except (DeployError, OSError, ValueError, KeyError):
@@ -120,6 +123,7 @@ class Supervisor:
             self._record(event="gave_up", crashes=len(recent))
             return False
         t0 = time.time()
+        self._client = None  # its connections were to the dead server
         try:
             self.server.start(timeout=self.timeout_s)
         except RuntimeError as e:
