@@ -63,7 +63,7 @@ def retryable(e: Exception) -> bool:
     text = str(e)
     if is_restricted_error(e):
         return False
-    status = getattr(e, "status", lambda: None)() if callable(getattr(e, "status", None)) else None
+    status = e.status() if hasattr(e, "status") and callable(e.status) else None  # tritonclient's
     return (isinstance(e, (ConnectionError, TimeoutError))
             or str(status) in ("StatusCode.UNAVAILABLE", "503", "502", "504")
             or "UNAVAILABLE" in text or "Connection refused" in text or "exceeds maximum queue size" in text.lower()

@@ -99,8 +99,16 @@ class Serving:
         return self.intra_op_threads
 
 
-def _version_policy(loaded) -> str:
-    return f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, sorted(loaded)))} ] }} }}\n"
+def version_policy(loaded) -> str:
+    """The config line that keeps versions ``loaded`` of a model loaded."""
+    return f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, sorted(set(loaded))))} ] }} }}\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` so that a model loaded meanwhile reads the old or the new file, never half."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _queue_policy(serving: Serving) -> str:
@@ -116,7 +124,7 @@ def _queue_policy(serving: Serving) -> str:
 
 def _model_config(sig: Signature, backend: str, serving: Serving = Serving(), loaded=(1,)) -> str:
     text = (f'name: "{sig.name}"\nbackend: "{backend}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-            + _version_policy(loaded)
+            + version_policy(loaded)
             + _tensors("input", sig.inputs) + _tensors("output", sig.outputs)
             + f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_queue_delay_us}\n"
             + (_queue_policy(serving) if sig.name == VALIDATE else "") + "}\n")
@@ -208,9 +216,7 @@ def write_configs(cfg: Config, schema: dict, repo: Path, serving: Serving = Serv
     for name, text in model_configs(cfg, schema, serving, current, loaded).items():
         p = Path(repo) / name / "config.pbtxt"
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(p)
+        write_atomic(p, text)
         paths.append(p)
     return paths
 

@@ -27,24 +27,21 @@ import numpy as np
 from grank.signatures import ENSEMBLE
 
 
-def _inputs(m, entry: dict, wire: dict):
+def _inputs(m, arrays: dict, row: int) -> list:
+    """The InferInputs of one request row of ``arrays`` (``perf.sweep.read_input_data``)."""
     ins = []
-    for name, t in entry.items():
-        a = np.array(t["content"], dtype=object if wire[name] == "BYTES" else np.int64)
-        if a.dtype == object:
-            a = np.array([x.encode() for x in a], dtype=object)
-        a = a.reshape([1] + t["shape"])
-        x = m.InferInput(name, list(a.shape), wire[name])
-        x.set_data_from_numpy(a)
+    for name, a in arrays.items():
+        x = m.InferInput(name, [1, *a.shape[1:]], "BYTES" if a.dtype == object else "INT64")
+        x.set_data_from_numpy(a[row:row + 1])
         ins.append(x)
     return ins
 
 
-async def _run(url: str, entries: list, wire: dict, rate: float, seconds: float, deadline_s: float,
+async def _run(url: str, arrays: dict, rate: float, seconds: float, deadline_s: float,
                connections: int = 4) -> list[tuple]:
     import tritonclient.grpc.aio as m
     clients = [m.InferenceServerClient(url) for _ in range(connections)]
-    prepared = [_inputs(m, e, wire) for e in entries]
+    prepared = [_inputs(m, arrays, r) for r in range(len(next(iter(arrays.values()))))]
     results, tasks = [], []
 
     async def one(i: int, t_sent: float):
@@ -88,11 +85,9 @@ def summarize(results: list[tuple], seconds: float) -> dict:
             "rejected_p99_ms": pct(rej, 99), "other": other}
 
 
-def run(url: str, input_data: Path, rate: float, seconds: float, deadline_s: float = 5.0,
-        wire: dict | None = None) -> dict:
-    entries = json.loads(Path(input_data).read_text())["data"]
-    wire = wire or {n: ("BYTES" if isinstance(t["content"][0], str) else "INT64") for n, t in entries[0].items()}
-    results = asyncio.run(_run(url, entries, wire, rate, seconds, deadline_s))
+def run(url: str, input_data: Path, rate: float, seconds: float, deadline_s: float = 5.0) -> dict:
+    from .sweep import read_input_data
+    results = asyncio.run(_run(url, read_input_data(input_data), rate, seconds, deadline_s))
     return summarize(results, seconds)
 
 

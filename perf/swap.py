@@ -100,7 +100,7 @@ def run(repository: Path, checkpoint: Path, out: Path, concurrency: int = 8, pro
     from serve.deploy import Server, current_version, stage, switch
     from serve.server import TritonServer
 
-    from .sweep import key_args, perf_analyzer_bin, perf_env, read_csv, redact, write_input_data
+    from .sweep import key_args, perf_analyzer_bin, perf_env, read_csv, read_input_data, redact, write_input_data
 
     out = Path(out)
     repo = out / "repository"
@@ -129,7 +129,7 @@ def run(repository: Path, checkpoint: Path, out: Path, concurrency: int = 8, pro
         staged = stage(checkpoint, repo, out / "export", log=log)  # exported before the load starts
         stage_s = time.perf_counter() - t0
         # every answer of each version to the replayed requests, for the check of each answer
-        requests = {k: v for k, v in json_requests(data_path).items()}
+        requests = read_input_data(data_path)
         reference = {current_version(repo): answers(client, requests)}
         load_ = ClosedLoop(server.grpc_url, key, requests, concurrency)
         marks = [("before", time.time())]
@@ -162,18 +162,6 @@ def run(repository: Path, checkpoint: Path, out: Path, concurrency: int = 8, pro
         server.stop()
     (out / "swap.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-def json_requests(path: Path) -> dict:
-    """perf_analyzer's input JSON -> request arrays name -> [n, ...] (one row per entry)."""
-    entries = json.loads(Path(path).read_text())["data"]
-    out = {}
-    for name, t in entries[0].items():
-        strings = isinstance(t["content"][0], str)
-        rows = [np.array([x.encode() for x in e[name]["content"]] if strings else e[name]["content"],
-                         dtype=object if strings else np.int64).reshape(t["shape"]) for e in entries]
-        out[name] = np.stack(rows)
-    return out
 
 
 def answers(client, requests: dict) -> np.ndarray:

@@ -59,6 +59,18 @@ def write_input_data(client, data, path: Path, n_users: int = 200, seed: int = 0
     return path
 
 
+def read_input_data(path: Path) -> dict:
+    """``write_input_data``'s file -> request arrays name -> [n, ...] (one row per entry)."""
+    entries = json.loads(Path(path).read_text())["data"]
+    out = {}
+    for name, t in entries[0].items():
+        strings = isinstance(t["content"][0], str)
+        rows = [np.array([x.encode() for x in e[name]["content"]] if strings else e[name]["content"],
+                         dtype=object if strings else np.int64).reshape(t["shape"]) for e in entries]
+        out[name] = np.stack(rows)
+    return out
+
+
 def key_args(protocol: str, key: str | None) -> list[str]:
     """perf_analyzer arguments sending the management key: it reads the model's config, which a
     server with a key restricts."""

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from export.repository import SCHEMA_FILE
+from export.repository import SCHEMA_FILE, version_policy, write_atomic
 from grank.signatures import CATALOGUE, DEPLOYMENT, ENSEMBLE, ONNX_MODELS, VALIDATE
 
 from .admin import KEY_ENV, headers, read_key
@@ -69,7 +69,7 @@ def current_version(repo: Path) -> int:
 
 
 def _set_policy(text: str, loaded) -> str:
-    return _POLICY.sub(f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, sorted(set(loaded))))} ] }} }}", text)
+    return _POLICY.sub(version_policy(loaded).rstrip("\n"), text)
 
 
 def _pin(text: str, version: int, schema: str | None) -> str:
@@ -84,12 +84,6 @@ def _normal(text: str) -> str:
     """A config without what a swap may change: versions, the schema parameter, comments."""
     text = _SCHEMA.sub(r"\1SCHEMA\2", _PIN.sub(r"\1V", _POLICY.sub("", text)))
     return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _configs(repo: Path) -> dict[str, str]:
@@ -164,13 +158,13 @@ def switch(repo: Path, server: Server, target: int, keep: int = 2, log=print) ->
     times = {}
     try:
         for m in COMPOSING:  # 2. both versions loaded
-            _write(repo / m / "config.pbtxt", _set_policy(before[m], (cur, target)))
+            write_atomic(repo / m / "config.pbtxt", _set_policy(before[m], (cur, target)))
             server.load(m)
             if target not in server.ready_versions(m):
                 raise DeployError(f"{m} version {target} did not become ready (see the server log)")
         times["load_s"] = time.perf_counter() - t0
         log(f"  version {target} loaded beside {cur} ({times['load_s']:.1f} s)")
-        _write(repo / ENSEMBLE / "config.pbtxt", _pin(before[ENSEMBLE], target, schema))  # 3. switch
+        write_atomic(repo / ENSEMBLE / "config.pbtxt", _pin(before[ENSEMBLE], target, schema))  # 3. switch
         server.load(ENSEMBLE)
         times["switch_s"] = time.perf_counter() - t0
         got = server.probe(probe_request(repo, target))  # 4. check
@@ -179,7 +173,7 @@ def switch(repo: Path, server: Server, target: int, keep: int = 2, log=print) ->
         log(f"  ensemble switched to {target}: probe answered by {got} ({times['switch_s']:.1f} s)")
     except Exception:
         for m, text in before.items():  # restore what was serving
-            _write(repo / m / "config.pbtxt", text)
+            write_atomic(repo / m / "config.pbtxt", text)
         for m in (ENSEMBLE,) + COMPOSING:
             try:
                 server.load(m)
@@ -187,7 +181,7 @@ def switch(repo: Path, server: Server, target: int, keep: int = 2, log=print) ->
                 pass
         raise
     for m in COMPOSING:  # 5. retire the old version (unloaded when its requests are done)
-        _write(repo / m / "config.pbtxt", _set_policy(before[m], (target,)))
+        write_atomic(repo / m / "config.pbtxt", _set_policy(before[m], (target,)))
         server.load(m)
     times["retire_s"] = time.perf_counter() - t0
     removed = prune(repo, keep, protect=(target, cur))
