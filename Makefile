@@ -35,11 +35,15 @@ RATES ?= 200:2000:200
 QPS ?= 1000
 P99_MS ?= 50
 ITEMS ?= 1000000
+# the item table in SHARDS MIPS models merged exactly; shard s pinned to GPU s mod GPUS (0: not pinned)
+SHARDS ?= 1
+GPUS ?= 0
+GPU_MEMORY_GB ?= 80
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: help setup setup-gpu data train train-all evaluate demo test clean export repository \
-	configs tensorrt serve serve-container deploy rollback selfcheck perf perf-tune perf-swap perf-overload \
-	plan bench bench-quick bench-gpu
+	configs tensorrt serve serve-container deploy rollback selfcheck perf perf-tune perf-shards perf-swap perf-overload \
+	plan bench bench-quick bench-gpu kubernetes
 
 help: ## List the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,7 +54,7 @@ help: ## List the targets and their variables
 	@echo "  CHECKPOINT=$(CHECKPOINT) REPOSITORY=$(REPOSITORY)"
 	@echo "  HOST=$(HOST) HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) METRICS_PORT=$(METRICS_PORT) CONCURRENCY=$(CONCURRENCY)"
 	@echo "  NEW_CHECKPOINT=$(NEW_CHECKPOINT) (make deploy); the management key comes from GRANK_ADMIN_KEY"
-	@echo "  RATES=$(RATES) QPS=$(QPS) P99_MS=$(P99_MS) ITEMS=$(ITEMS)"
+	@echo "  RATES=$(RATES) QPS=$(QPS) P99_MS=$(P99_MS) ITEMS=$(ITEMS) SHARDS=$(SHARDS) GPUS=$(GPUS) GPU_MEMORY_GB=$(GPU_MEMORY_GB)"
 	@echo "  TRITON_IMAGE=$(TRITON_IMAGE)"
 
 setup: $(STAMP) ## Create .venv with every pinned dependency (idempotent)
@@ -102,7 +106,8 @@ export: setup ## Export CHECKPOINT to ONNX (+ Polygraphy parity on real users) i
 	$(PY) -m export onnx --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)/export
 
 repository: setup ## Export CHECKPOINT and build the Triton model repository (REPOSITORY)
-	$(PY) -m export repository --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)/export --repository $(REPOSITORY)
+	$(PY) -m export repository --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)/export --repository $(REPOSITORY) \
+	  $(if $(filter-out 1,$(SHARDS)),--shards $(SHARDS) --gpus $(GPUS))
 
 configs: setup ## Regenerate the committed config.pbtxt files from grank/signatures.py
 	$(PY) -m export configs
@@ -118,6 +123,11 @@ serve-container: setup ## Production: REPOSITORY in the NGC container TRITON_IMA
 	@test -n "$$GRANK_ADMIN_KEY" || { echo "set GRANK_ADMIN_KEY (a management key, e.g. openssl rand -hex 24)"; exit 2; }
 	docker run --rm --gpus all -e GRANK_ADMIN_KEY -p $(HTTP_PORT):8000 -p $(GRPC_PORT):8001 -p $(METRICS_PORT):8002 \
 	  -v $(CURDIR)/$(REPOSITORY):/models:ro $(TRITON_IMAGE) bash -c "$$($(PY) -m serve.admin --container-command)"
+
+KUBE_OUT ?= deploy/kubernetes
+KUBE_SET ?=
+kubernetes: setup ## Render + validate the Kubernetes manifests of TRITON_IMAGE into KUBE_OUT (KUBE_SET='--set repository.url=...'; docs/DEPLOYMENT.md)
+	$(PY) -m serve.kubernetes --out $(KUBE_OUT) --set image=$(TRITON_IMAGE) $(KUBE_SET)
 
 NEW_CHECKPOINT ?= $(CHECKPOINT)
 deploy: setup ## Swap NEW_CHECKPOINT into the running server (REPOSITORY, HTTP_PORT) as a new version, atomically
@@ -148,8 +158,13 @@ perf-swap: setup ## A deploy + rollback of NEW_CHECKPOINT under load, every answ
 perf-overload: setup ## Open-loop load far above capacity, with and without admission control (own servers)
 	$(PY) -m perf overload --repository $(REPOSITORY) --out $(ARTIFACTS)/perf/overload
 
-plan: setup ## Capacity planner from docs/performance.json: make plan QPS=2000 P99_MS=50 ITEMS=1000000
-	$(PY) -m perf plan --qps $(QPS) --p99-ms $(P99_MS) --items $(ITEMS)
+plan: setup ## Capacity planner from docs/performance.json: make plan QPS=2000 P99_MS=50 ITEMS=1000000 [GPUS=8 GPU_MEMORY_GB=80: shard placement]
+	$(PY) -m perf plan --qps $(QPS) --p99-ms $(P99_MS) --items $(ITEMS) \
+	  $(if $(filter-out 0,$(GPUS)),--gpus $(GPUS) --gpu-memory-gb $(GPU_MEMORY_GB))
+
+perf-shards: setup ## The item table in 1, 2 and 4 shards at 1M and 5M items, each on its own Triton, swept with perf_analyzer -> docs/ (needs `make repository`; ~30 min)
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants shards1 shards2 shards4 --items 1000000
+	$(PY) -m perf tune --checkpoint $(CHECKPOINT) --repository $(REPOSITORY) --variants shards1 shards2 shards4 --items 5000000
 
 bench: setup ## MIPS stage vs FAISS flat/HNSW/IVF peers and the machine's floor (N to 5M; long) -> docs/
 	$(PY) -m mipsbench cpu --checkpoint $(CHECKPOINT)

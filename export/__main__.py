@@ -8,11 +8,14 @@ from pathlib import Path
 from grank.config import parse_override, served_config
 
 
-def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | None = None):
+def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | None = None, shards: int = 1):
     """Export + Polygraphy parity on real users, printed; exits non-zero on a mismatch."""
     from .build import export_checkpoint
     t0 = time.time()
-    ex = export_checkpoint(checkpoint, out, users, seed, serving=serving)
+    try:
+        ex = export_checkpoint(checkpoint, out, users, seed, serving=serving, shards=shards)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     for name, p in ex.paths.items():
         status = "parity OK" if not ex.problems[name] else f"{len(ex.problems[name])} PROBLEMS"
         print(f"{name:20s} {p}  ({p.stat().st_size / 2**20:.2f} MiB)  {status} on {users} real users")
@@ -44,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--force", action="store_true", help="overwrite config.pbtxt files that differ")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="with --shards: pin shard s to GPU s mod GPUS (instance_group; the server needs "
+                        "that many GPUs). Default 0: Triton places every model on every GPU")
     p = sub.add_parser("configs", help="regenerate the committed config.pbtxt files")
     p.add_argument("--preset", default="default")
     p.add_argument("--repository", default=None, help="default: the committed model_repository/")
@@ -55,15 +61,21 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     if a.cmd == "onnx":
-        _export(a.checkpoint, Path(a.out), a.users, a.seed, dict(a.set or ()))
+        _export(a.checkpoint, Path(a.out), a.users, a.seed, dict(a.set or ()), a.shards)
     elif a.cmd == "repository":
         from .build import build_repository
-        ex = _export(a.checkpoint, Path(a.out), a.users, a.seed, dict(a.set or ()))
+        from .repository import Serving
         try:
-            repo = build_repository(ex, a.repository, a.version, a.force)
+            serving = Serving(shards=a.shards, gpus=a.gpus)
+        except ValueError as e:
+            raise SystemExit(f"error: --{str(e)[len('serving.'):]}")
+        ex = _export(a.checkpoint, Path(a.out), a.users, a.seed, dict(a.set or ()), a.shards)
+        try:
+            repo = build_repository(ex, a.repository, a.version, a.force, serving)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
-        print(f"model repository ready: {repo} (version {a.version})")
+        print(f"model repository ready: {repo} (version {a.version}"
+              + (f", item table in {a.shards} shards" if a.shards > 1 else "") + ")")
     elif a.cmd == "configs":
         from grank.data import configure, schema
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from grank.checkpoint import check_data, load_checkpoint
 from grank.data import Interactions, load
-from grank.signatures import takes_request_time
+from grank.signatures import MIPS, takes_request_time
 from grank.validation import limits_dict
 
 from .onnx_models import PROTOBUF_LIMIT, export_all, graphs
 from .parity import check_onnx, pipeline_arrays, real_inputs
-from .repository import build
+from .repository import Serving, build
 
 
 @dataclass
@@ -27,26 +27,33 @@ class Exported:
 
 def export_checkpoint(checkpoint, out, users: int = 64, seed: int = 0, data: Interactions | None = None,
                       external_above: int = PROTOBUF_LIMIT - (1 << 20),
-                      serving: dict | None = None) -> Exported:
-    """Rebuild the model from ``checkpoint`` alone, export the three graphs to ``out`` and
-    compare them with PyTorch on ``users`` real users (``export.parity``). The graphs take the
-    shape the checkpoint's config says to serve (``cfg.serve``); ``serving``: serving-only
-    overrides on top (``grank.config.SERVING_KEYS``: k1, k2, a shorter history)."""
+                      serving: dict | None = None, shards: int = 1) -> Exported:
+    """Rebuild the model from ``checkpoint`` alone, export its graphs to ``out`` (the item
+    table split into ``shards``) and compare them with PyTorch on ``users`` real users
+    (``export.parity``). The graphs take the shape the checkpoint's config says to serve
+    (``cfg.serve``); ``serving``: serving-only overrides on top (``grank.config.SERVING_KEYS``:
+    k1, k2, a shorter history)."""
     model, cfg, ck = load_checkpoint(checkpoint, data, serving, served=True)
     if data is None:
         data = load(cfg.dataset)
         check_data(checkpoint, ck, data)  # the parity check's users must be the trained data's
     schema = ck["dataset"]
-    arrays = pipeline_arrays(graphs(model, cfg.eval.k1, cfg.eval.k2), real_inputs(data, cfg, users, seed))
-    paths = export_all(model, cfg, schema, arrays, Path(out), external_above)
+    arrays = pipeline_arrays(graphs(model, cfg.eval.k1, cfg.eval.k2, shards), real_inputs(data, cfg, users, seed))
+    paths = export_all(model, cfg, schema, arrays, Path(out), external_above, shards)
     problems = check_onnx(paths, cfg, schema, arrays, save_dir=Path(out) / "parity")
     return Exported(model, cfg, data, ck, paths, problems, arrays)
 
 
-def build_repository(ex: Exported, repository, version: int = 1, force: bool = False) -> Path:
-    """Write configs + model files of ``ex`` into ``repository`` (refuses config drift)."""
+def build_repository(ex: Exported, repository, version: int = 1, force: bool = False,
+                     serving: Serving | None = None) -> Path:
+    """Write configs + model files of ``ex`` into ``repository`` (refuses config drift);
+    ``serving``: settings of the configs (default: the committed ones, with ``ex``'s shards)."""
     if any(ex.problems.values()):
         raise ValueError("refusing to build a repository from ONNX files that failed the parity check")
     schema = ex.ck["dataset"]
     limits = limits_dict(schema, ex.cfg.model.ranker_history, takes_request_time(ex.cfg))
-    return build(ex.cfg, schema, ex.paths, limits, ex.ck["catalogue"], Path(repository), version, force)
+    shards = sum(1 for m in ex.paths if m.startswith(MIPS + "_shard")) or 1
+    serving = serving or Serving(shards=shards)
+    if serving.shards != shards:
+        raise ValueError(f"serving.shards: {serving.shards}, but the graphs were exported in {shards} shards")
+    return build(ex.cfg, schema, ex.paths, limits, ex.ck["catalogue"], Path(repository), version, force, serving)

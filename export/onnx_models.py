@@ -1,4 +1,5 @@
-"""Checkpoint -> three ONNX models (user encoder, MIPS top-k, Ranker top-k).
+"""Checkpoint -> ONNX models: user encoder, MIPS top-k (one model, or S shards and their
+merge), Ranker top-k.
 
 Each wrapper below is a pure inference graph over ``grank.model.GRank`` (never training code)
 whose tensor names, dtypes and shapes come from ``grank.signatures``; axis 0 is dynamic
@@ -18,6 +19,13 @@ raise an error from inside a graph; a flagged row cannot be mistaken for an answ
 of the same batch are untouched, and NaN propagates: a flagged encoder row flags the MIPS and
 Ranker rows fed from it, and the catalogue step refuses id -1 with an error.
 
+A sharded item table (``shards`` S > 1, for tables too large for one device or one model)
+is S MIPS models over contiguous runs of dense ids (``grank.mips.shard_bounds``), each
+returning its own top-k1 as dense ids of the whole catalogue, and ``MipsMerge``, the top-k1 of
+their S x k1 union. The merge is exact: an item of the overall top-k1 is in the top-k1 of its
+own shard, since every item that beats it there beats it overall. So the sharded stage returns
+the unsharded one's answer (up to the order of equal scores).
+
 Exported with torch's TorchScript-based exporter (``dynamo=False``): it keeps our tensor names
 exactly and needs no onnxscript; torch 2.13 calls it legacy but supports it.
 """
@@ -31,9 +39,10 @@ import onnx
 import torch
 import torch.nn as nn
 
-from grank.mips import block_size, mips_top_k, pad_table
+from grank.mips import block_size, mips_top_k, pad_table, shard_bounds
 from grank.model import GRank
-from grank.signatures import MIPS, RANKER, USER_ENCODER, Signature, signatures
+from grank.signatures import (MIPS, MIPS_MERGE, RANKER, USER_ENCODER, Signature, mips_shard,
+                              signatures)
 
 OPSET = 17            # ONNX Runtime 1.19 (Triton 24.10) and TensorRT 10.5 both take it
 PROTOBUF_LIMIT = 2 ** 31 - 1
@@ -114,27 +123,75 @@ class MipsTopK(nn.Module):
     whose scores overflow, or whose history holds an id outside [0, N] is flagged (ids -1,
     scores NaN). Large catalogues take the exact two-step top-k of ``grank.mips.block_top_k`` (``block``:
     None picks ``grank.mips.block_size``, 0 forces one TopK); their stored table gets up to
-    block - 1 zero rows, never returned."""
+    block - 1 zero rows, never returned.
+    A shard (``offset`` > 0 or ``n_total`` > the table's N): ``item_vectors`` holds dense ids
+    offset+1 .. offset+N in its rows 1..N; history ids anywhere in [0, n_total] are accepted
+    (those of other shards exclude nothing here) and the candidates come back as dense ids of
+    the whole catalogue."""
 
     def __init__(self, item_vectors: torch.Tensor, k: int, tau: float = 1.0, block: int | None = None,
-                 max_abs: torch.Tensor | None = None):
+                 max_abs: torch.Tensor | None = None, offset: int = 0, n_total: int | None = None):
         super().__init__()
-        self.k, self.tau = k, tau
+        self.k, self.tau, self.offset = k, tau, offset
         # ``embedding_bound`` of the model whose user vectors this serves (None: finite is enough)
         self.register_buffer("max_abs", None if max_abs is None else max_abs.detach().clone())
         self.block = block_size(item_vectors.shape[0], k) if block is None else block
         table, self.pad_rows = pad_table(item_vectors.detach(), self.block)
         self.register_buffer("item_vectors", table.clone())
         self.n_items = item_vectors.shape[0] - 1
+        self.n_total = self.n_items + offset if n_total is None else n_total
+        self.shard = self.n_total != self.n_items
 
     def forward(self, user_embedding, history_ids):
-        ok = _rows_bounded(user_embedding, self.max_abs) & _rows_within(history_ids, 0, self.n_items)
+        ok = _rows_bounded(user_embedding, self.max_abs) & _rows_within(history_ids, 0, self.n_total)
         safe = torch.where(ok[:, None], user_embedding, torch.tensor(0.0))
-        scores, ids = mips_top_k(safe, self.item_vectors, self.k, self.tau,
-                                 exclude_ids=history_ids.clamp(0, self.n_items), block=self.block,
-                                 pad_rows=self.pad_rows)
-        # k <= N - R, so a valid row's top-k scores are finite; inf/NaN means overflow
+        seen = history_ids.clamp(0, self.n_total)
+        if self.shard:  # this shard's rows; another shard's item maps to the padding row 0
+            mine = (seen > self.offset) & (seen <= self.offset + self.n_items)
+            seen = torch.where(mine, seen - self.offset, torch.zeros_like(seen))
+        scores, ids = mips_top_k(safe, self.item_vectors, self.k, self.tau, exclude_ids=seen,
+                                 block=self.block, pad_rows=self.pad_rows)
+        if self.shard:
+            ids = ids + self.offset
+        # k <= N - R (of each shard), so a valid row's top-k scores are finite; inf/NaN means overflow
         return _flag(ok & _rows_finite(scores), ids, scores)
+
+
+class MipsMerge(nn.Module):
+    """The S shards' lists -> the top-k of their union: (candidate_ids_s [B, k] int64,
+    candidate_scores_s [B, k] float32) for s = 0..S-1, in that order -> candidate_ids [B, k],
+    candidate_scores [B, k], best first. A row that any shard flagged (NaN scores), or with an
+    id outside [1, N], is flagged."""
+
+    def __init__(self, k: int, shards: int, n_items: int):
+        super().__init__()
+        self.k, self.shards, self.n_items = k, shards, n_items
+
+    def forward(self, *parts):
+        ids = torch.cat(parts[0::2], 1)        # [B, S k]
+        scores = torch.cat(parts[1::2], 1)
+        ok = _rows_finite(scores) & _rows_within(ids, 1, self.n_items)
+        top, pos = scores.topk(self.k, dim=1)
+        return _flag(ok, ids.gather(1, pos), top)
+
+
+def mips_shards(item_vectors: torch.Tensor, k: int, tau: float, shards: int,
+                max_abs: torch.Tensor | None = None, min_items: int = 0) -> dict[str, nn.Module]:
+    """The MIPS stage over ``item_vectors`` [N+1, d] split into ``shards``: {shard model
+    name: MipsTopK} plus the merge. Each shard must hold at least ``min_items`` items (k1 + R:
+    a shard returns k1 items its caller has not seen, so a short shard would run out)."""
+    n = item_vectors.shape[0] - 1
+    bounds = shard_bounds(n, shards)
+    smallest = min(b - a for a, b in zip(bounds, bounds[1:]))
+    if smallest < max(k, min_items):
+        raise ValueError(f"shards: {shards} shards of a {n:,}-item catalogue hold {smallest:,} items "
+                         f"each at least, fewer than k1 + history = {max(k, min_items):,}; use fewer shards")
+    out = {}
+    for s, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        part = torch.cat([item_vectors[:1], item_vectors[a + 1:b + 1]])
+        out[mips_shard(s)] = MipsTopK(part, k, tau, max_abs=max_abs, offset=a, n_total=n).eval()
+    out[MIPS_MERGE] = MipsMerge(k, shards, n).eval()
+    return out
 
 
 class RankerTopK(nn.Module):
@@ -169,12 +226,14 @@ class RankerTopK(nn.Module):
         return _flag(ok & _rows_finite(scores), ids, scores)
 
 
-def graphs(model: GRank, k1: int, k2: int) -> dict[str, nn.Module]:
-    """The exported graphs by served model name, in eval mode."""
+def graphs(model: GRank, k1: int, k2: int, shards: int = 1) -> dict[str, nn.Module]:
+    """The exported graphs by served model name, in eval mode (the MIPS stage split into
+    ``shards`` when > 1)."""
     model.eval()
-    return {USER_ENCODER: UserEncoder(model).eval(),
-            MIPS: MipsTopK(model.item_vectors(), k1, model.cfg.tau, max_abs=embedding_bound(model)).eval(),
-            RANKER: RankerTopK(model, k2).eval()}
+    table, bound = model.item_vectors().detach(), embedding_bound(model)
+    mips = ({MIPS: MipsTopK(table, k1, model.cfg.tau, max_abs=bound).eval()} if shards == 1 else
+            mips_shards(table, k1, model.cfg.tau, shards, bound, k1 + model.cfg.ranker_history))
+    return {USER_ENCODER: UserEncoder(model).eval(), **mips, RANKER: RankerTopK(model, k2).eval()}
 
 
 def example_inputs(sig: Signature, arrays: dict[str, np.ndarray]) -> tuple:
@@ -230,10 +289,10 @@ def reference_outputs(module: nn.Module, sig: Signature, arrays: dict[str, np.nd
 
 
 def export_all(model: GRank, cfg, schema: dict, arrays: dict[str, np.ndarray], out: Path,
-               external_above: int = PROTOBUF_LIMIT - (1 << 20)) -> dict[str, Path]:
-    """Export the three graphs to ``out/<model name>.onnx``; ``arrays`` holds real inputs for
+               external_above: int = PROTOBUF_LIMIT - (1 << 20), shards: int = 1) -> dict[str, Path]:
+    """Export the graphs to ``out/<model name>.onnx``; ``arrays`` holds real inputs for
     every tensor a graph takes (history, events, profile, and the intermediate tensors);
     ``schema``: the data set's (``grank.data.schema``)."""
-    sigs = signatures(cfg, schema)
+    sigs = signatures(cfg, schema, shards)
     return {name: export_one(g, sigs[name], arrays, Path(out) / f"{name}.onnx", external_above)
-            for name, g in graphs(model, cfg.eval.k1, cfg.eval.k2).items()}
+            for name, g in graphs(model, cfg.eval.k1, cfg.eval.k2, shards).items()}

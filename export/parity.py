@@ -21,12 +21,26 @@ import torch
 from grank.batches import eval_inputs, eval_times
 from grank.data import split as make_split
 from grank.mips import topk_disagreements
-from grank.signatures import (MIPS, RANKED_IDS, RANKER, REQUEST_TIME, USER_ENCODER, signatures,
-                              takes_request_time)
+from grank.signatures import (MIPS, MIPS_MERGE, RANKED_IDS, RANKER, REQUEST_TIME, USER_ENCODER,
+                              mips_shard, signatures, takes_request_time)
 
 ATOL = {"user_embedding": 1e-4, "candidate_scores": 1e-3, "scores": 1e-3}
 RTOL = {"user_embedding": 1e-4, "candidate_scores": 0.0, "scores": 0.0}
-TOPK = {MIPS: ("candidate_ids", "candidate_scores"), RANKER: (RANKED_IDS, "scores")}
+TOPK = {MIPS: ("candidate_ids", "candidate_scores"), MIPS_MERGE: ("candidate_ids", "candidate_scores"),
+        RANKER: (RANKED_IDS, "scores")}
+
+
+def shard_of(name: str) -> int | None:
+    """The shard number of a MIPS shard model's name, else None."""
+    prefix = mips_shard(0)[:-1]
+    return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() else None
+
+
+def _output_key(model: str, tensor: str) -> str:
+    """Where ``pipeline_arrays`` keeps ``model``'s output ``tensor``: a shard's lists are the
+    merge's inputs ``candidate_ids_<s>`` / ``candidate_scores_<s>``."""
+    s = shard_of(model)
+    return tensor if s is None else f"{tensor}_{s}"
 
 
 def real_inputs(data, cfg, n_users: int = 64, seed: int = 0, stage: str = "test") -> dict:
@@ -50,7 +64,16 @@ def pipeline_arrays(graphs: dict, inputs: dict) -> dict:
     with torch.no_grad():
         feats = (t["user_features"],) if "user_features" in t else ()
         t["user_embedding"] = graphs[USER_ENCODER](t["history_ids"], t["history_events"], *feats)
-        t["candidate_ids"], t["candidate_scores"] = graphs[MIPS](t["user_embedding"], t["history_ids"])
+        if MIPS_MERGE in graphs:  # a sharded table: each shard's list, then their merge
+            parts = []
+            for name, g in graphs.items():
+                if shard_of(name) is not None:
+                    ids, sc = g(t["user_embedding"], t["history_ids"])
+                    t[_output_key(name, "candidate_ids")], t[_output_key(name, "candidate_scores")] = ids, sc
+                    parts += [ids, sc]
+            t["candidate_ids"], t["candidate_scores"] = graphs[MIPS_MERGE](*parts)
+        else:
+            t["candidate_ids"], t["candidate_scores"] = graphs[MIPS](t["user_embedding"], t["history_ids"])
         when = (t[REQUEST_TIME],) if REQUEST_TIME in t else ()
         t[RANKED_IDS], t["scores"] = graphs[RANKER](t["user_embedding"], t["history_ids"],
                                                     t["history_events"], t["candidate_ids"], *when)
@@ -69,12 +92,12 @@ def check_onnx(paths: dict, cfg, schema: dict, arrays: dict, save_dir: Path | No
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR if quiet else G_LOGGER.INFO
-    sigs = signatures(cfg, schema)
+    sigs = signatures(cfg, schema, sum(shard_of(n) is not None for n in paths) or 1)
     problems = {}
     for name, path in paths.items():
         sig = sigs[name]
         feed = {t.name: arrays[t.name] for t in sig.inputs}
-        ref = {t.name: arrays[t.name] for t in sig.outputs}
+        ref = {t.name: arrays[_output_key(name, t.name)] for t in sig.outputs}
         results = Comparator.run([OnnxrtRunner(SessionFromOnnx(str(path)), name="onnxrt")],
                                  data_loader=[feed])
         got = results[0][1][0]
@@ -98,8 +121,8 @@ def check_onnx(paths: dict, cfg, schema: dict, arrays: dict, save_dir: Path | No
             if got[t.name].dtype != np.dtype(t.dtype) or got[t.name].shape != ref[t.name].shape:
                 found.append(f"{name}: {t.name} is {got[t.name].dtype}{list(got[t.name].shape)}, "
                              f"expected {t.dtype}{list(ref[t.name].shape)}")
-        if name in TOPK:
-            i, s = TOPK[name]
+        if name in TOPK or shard_of(name) is not None:
+            i, s = TOPK.get(name, TOPK[MIPS])
             found += [f"{name}: row {b}: {m}"
                       for b, m in topk_disagreements(ref[i], ref[s], got[i], got[s], ATOL[s])]
         problems[name] = found

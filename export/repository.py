@@ -20,6 +20,14 @@ five composing models of version v were built from the same checkpoint.
 No ``instance_group`` is written on purpose: Triton then places one instance on each GPU when
 there are GPUs (NGC container: the native ONNX Runtime backend keeps tensors on the GPU between
 the ensemble's steps) and on the CPU otherwise (the embedded server), from one repository.
+
+A sharded item table (``Serving.shards`` S > 1; ``python -m export repository --shards S``)
+replaces ``grank_mips`` with ``grank_mips_shard0`` .. ``grank_mips_shard<S-1>`` and
+``grank_mips_merge``: the ensemble sends the user vector and history to every shard (Triton
+runs steps whose inputs are ready concurrently) and the merge waits for all S lists. Every other
+model and every tensor a caller sees stay as they are. ``Serving.gpus`` G > 0 pins shard s to
+GPU s mod G (``instance_group``), so each GPU holds its part of the table; it needs a server
+with that many GPUs.
 """
 from __future__ import annotations
 
@@ -29,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grank.config import Config
-from grank.signatures import (CATALOGUE, DEPLOYMENT, ENSEMBLE, MIPS, ONNX_MODELS, PADDING,
+from grank.signatures import (CATALOGUE, DEPLOYMENT, ENSEMBLE, MIPS, MIPS_MERGE, PADDING,
                               PYTHON_MODELS, RANKED_IDS, RANKER, USER_ENCODER, VALIDATE,
-                              VALIDATED_PREFIX, Signature, id_dtype, signatures)
+                              VALIDATED_PREFIX, Signature, id_dtype, mips_models, mips_shard,
+                              onnx_models, signatures)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "model_repository"
@@ -82,21 +91,36 @@ class Serving:
     # step's queue refused it.
     admission_queue: int = 32
     admission_timeout_us: int = 0
+    # The item table split into this many MIPS models plus an exact merge (1: one MIPS model)
+    shards: int = 1
+    # Shard s runs on GPU s mod gpus (0: no placement written; Triton's default, every GPU)
+    gpus: int = 0
 
     def __post_init__(self):
         for f in ("max_queue_delay_us", "instances", "intra_op_threads", "mips_intra_op_threads",
-                  "admission_queue", "admission_timeout_us"):
+                  "admission_queue", "admission_timeout_us", "shards", "gpus"):
             v = getattr(self, f)
             if v is None and f == "mips_intra_op_threads":
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"serving.{f}: must be an integer >= 0, got {v!r}")
+        if self.shards < 1:
+            raise ValueError(f"serving.shards: must be >= 1, got {self.shards}")
+        if self.gpus and self.shards == 1:
+            raise ValueError("serving.gpus: places MIPS shards on GPUs; it needs shards > 1")
 
     def threads(self, model: str) -> int:
         """ONNX Runtime intra-op threads of ``model`` (0 = ONNX Runtime's default)."""
-        if model == MIPS and self.mips_intra_op_threads is not None:
+        scan = model == MIPS or model in mips_models(self.shards)[:-1]  # a scan of (part of) the table
+        if scan and self.mips_intra_op_threads is not None:
             return self.mips_intra_op_threads
         return self.intra_op_threads
+
+    def gpu(self, model: str) -> int | None:
+        """The GPU ``model`` is pinned to, or None (Triton places it)."""
+        if not self.gpus or model not in mips_models(self.shards)[:-1]:
+            return None
+        return mips_models(self.shards).index(model) % self.gpus
 
 
 def version_policy(loaded) -> str:
@@ -128,8 +152,12 @@ def _model_config(sig: Signature, backend: str, serving: Serving = Serving(), lo
             + _tensors("input", sig.inputs) + _tensors("output", sig.outputs)
             + f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_queue_delay_us}\n"
             + (_queue_policy(serving) if sig.name == VALIDATE else "") + "}\n")
-    if backend == "onnxruntime" and serving.instances:
-        text += f"instance_group [\n  {{\n    count: {serving.instances}\n  }}\n]\n"
+    gpu = serving.gpu(sig.name)
+    if backend == "onnxruntime" and (serving.instances or gpu is not None):
+        text += ("instance_group [\n  {\n"
+                 + (f"    count: {serving.instances}\n" if serving.instances else "")
+                 + (f"    kind: KIND_GPU\n    gpus: [ {gpu} ]\n" if gpu is not None else "")
+                 + "  }\n]\n")
     if backend == "onnxruntime" and serving.threads(sig.name):
         # the native ONNX Runtime backend's parameter; serve/backends/onnxruntime honours it too
         text += ('parameters {\n  key: "intra_op_thread_count"\n'
@@ -165,7 +193,19 @@ def _pbtxt_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _ensemble_config(sigs: dict, schema: dict, current: int = 1) -> str:
+def _mips_steps(sigs: dict, shards: int, version: int, history: str) -> list[str]:
+    """The MIPS stage's steps: one model, or every shard (each gets the same inputs) and the
+    merge of their lists; its output is ``candidate_ids`` either way."""
+    ins = {"user_embedding": "user_embedding", "history_ids": history}
+    if shards == 1:
+        return [_step(MIPS, ins, {"candidate_ids": "candidate_ids"}, version)]
+    steps = [_step(mips_shard(s), ins, {t.name: f"{t.name}_{s}" for t in sigs[mips_shard(s)].outputs}, version)
+             for s in range(shards)]
+    merged = {t.name: t.name for t in sigs[MIPS_MERGE].inputs}
+    return steps + [_step(MIPS_MERGE, merged, {"candidate_ids": "candidate_ids"}, version)]
+
+
+def _ensemble_config(sigs: dict, schema: dict, current: int = 1, shards: int = 1) -> str:
     ens = sigs[ENSEMBLE]
     v = lambda t: VALIDATED_PREFIX + t  # noqa: E731  tensors that passed the validator
     steps = [
@@ -174,8 +214,7 @@ def _ensemble_config(sigs: dict, schema: dict, current: int = 1) -> str:
               current),
         _step(USER_ENCODER, {t.name: v(t.name) for t in sigs[USER_ENCODER].inputs},
               {"user_embedding": "user_embedding"}, current),
-        _step(MIPS, {"user_embedding": "user_embedding", "history_ids": v("history_ids")},
-              {"candidate_ids": "candidate_ids"}, current),
+        *_mips_steps(sigs, shards, current, v("history_ids")),
         _step(RANKER, {t.name: t.name if t.name in ("user_embedding", "candidate_ids") else v(t.name)
                        for t in sigs[RANKER].inputs},
               {t.name: t.name for t in sigs[RANKER].outputs}, current),
@@ -195,17 +234,34 @@ def model_configs(cfg: Config, schema: dict, serving: Serving = Serving(), curre
     ``cfg`` over the data set ``schema`` (``grank.data.schema``): the ensemble runs version
     ``current`` of every step; the composing models keep ``loaded`` versions loaded (default:
     the current one)."""
-    sigs = signatures(cfg, schema)
+    sigs = signatures(cfg, schema, serving.shards)
     loaded = (current,) if loaded is None else tuple(loaded)
     if current not in loaded:
         raise ValueError(f"versions: the current version {current} must be among the loaded ones {loaded}")
     head = HEADER.format(R=cfg.model.ranker_history, d=cfg.model.d_model, k1=cfg.eval.k1,
                          k2=cfg.eval.k2, dataset=schema["name"])
-    out = {name: head + _model_config(sigs[name], "onnxruntime", serving, loaded) for name in ONNX_MODELS}
+    if serving.shards > 1:
+        head = head.replace(".\n# Do not edit", f"; item table in {serving.shards} shards.\n# Do not edit")
+    out = {name: head + _model_config(sigs[name], "onnxruntime", serving, loaded)
+           for name in onnx_models(serving.shards)}
     for name in PYTHON_MODELS:
         out[name] = head + _model_config(sigs[name], "python", serving, loaded)
-    out[ENSEMBLE] = head + _ensemble_config(sigs, schema, current)
+    out[ENSEMBLE] = head + _ensemble_config(sigs, schema, current, serving.shards)
     return out
+
+
+def repository_shards(repo: Path) -> int:
+    """How many shards the item table of the repository ``repo`` is served in (its ensemble's
+    steps say)."""
+    text = (Path(repo) / ENSEMBLE / "config.pbtxt").read_text()
+    return text.count(f'model_name: "{mips_shard(0)[:-1]}') or 1
+
+
+def other_layout(repo: Path, shards: int) -> list[str]:
+    """MIPS-stage model folders in ``repo`` that a repository of ``shards`` shards does not
+    have (left by a build with another shard count)."""
+    every = {MIPS, MIPS_MERGE} | {p.name for p in Path(repo).glob(mips_shard(0)[:-1] + "*")}
+    return sorted(m for m in every if (Path(repo) / m).is_dir() and m not in mips_models(shards))
 
 
 def write_configs(cfg: Config, schema: dict, repo: Path, serving: Serving = Serving(),
@@ -221,9 +277,10 @@ def write_configs(cfg: Config, schema: dict, repo: Path, serving: Serving = Serv
     return paths
 
 
-def config_drift(cfg: Config, schema: dict, repo: Path, current: int = 1, loaded=None) -> list[str]:
+def config_drift(cfg: Config, schema: dict, repo: Path, current: int = 1, loaded=None,
+                 serving: Serving = Serving()) -> list[str]:
     """Models whose config.pbtxt in ``repo`` differs from what ``cfg`` and ``schema`` generate."""
-    return [name for name, text in model_configs(cfg, schema, current=current, loaded=loaded).items()
+    return [name for name, text in model_configs(cfg, schema, serving, current, loaded).items()
             if not (Path(repo) / name / "config.pbtxt").exists()
             or (Path(repo) / name / "config.pbtxt").read_text() != text]
 
@@ -236,7 +293,7 @@ def write_version(onnx_paths: dict, limits: dict, catalogue: dict, schema: dict,
     """The model files of one version (deployment) of every model; configs untouched. The
     version's ``served_schema`` is kept beside its validator, for a switch back to it."""
     repo = Path(repo)
-    for name in ONNX_MODELS:
+    for name in onnx_paths:
         d = repo / name / str(version)
         d.mkdir(parents=True, exist_ok=True)
         src = Path(onnx_paths[name])
@@ -260,7 +317,7 @@ def write_version(onnx_paths: dict, limits: dict, catalogue: dict, schema: dict,
 
 
 def build(cfg: Config, schema: dict, onnx_paths: dict, limits: dict, catalogue: dict, repo: Path,
-          version: int = 1, force: bool = False) -> Path:
+          version: int = 1, force: bool = False, serving: Serving = Serving()) -> Path:
     """Write configs and model files for one model version into ``repo``, serving that version
     alone; ``catalogue``: ``grank.data.catalogue`` of the checkpoint's data set. (A running
     server takes a new version through ``serve.deploy`` instead.)
@@ -270,11 +327,15 @@ def build(cfg: Config, schema: dict, onnx_paths: dict, limits: dict, catalogue: 
     into the committed repository.
     """
     repo = Path(repo)
-    drift = [n for n in config_drift(cfg, schema, repo, version) if (repo / n / "config.pbtxt").exists()]
-    if drift and not force:
-        raise ValueError(f"{repo}: config.pbtxt of {', '.join(drift)} would change (this checkpoint "
-                         "has other shapes or another data set); build into another --repository "
-                         "or pass --force")
-    write_configs(cfg, schema, repo, current=version)
+    drift = [n for n in config_drift(cfg, schema, repo, version, serving=serving)
+             if (repo / n / "config.pbtxt").exists()]
+    stale = other_layout(repo, serving.shards)
+    if (drift or stale) and not force:
+        raise ValueError(f"{repo}: config.pbtxt of {', '.join(drift + stale)} would change or go (this "
+                         "checkpoint has other shapes or another data set, or the item table another "
+                         "shard count); build into another --repository or pass --force")
+    for m in stale:  # a server loading every model of the folder would load them too
+        shutil.rmtree(repo / m)
+    write_configs(cfg, schema, repo, serving, current=version)
     write_version(onnx_paths, limits, catalogue, schema, repo, version)
     return repo

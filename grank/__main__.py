@@ -1,4 +1,5 @@
-"""Command line: ``python -m grank {data,train,evaluate,results,demo,add-items} --help``."""
+"""Command line: ``python -m grank {data,train,evaluate,results,demo,add-items} --help``; ``torchrun
+--nproc-per-node N -m grank train ...`` trains on N processes (grank.distributed)."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,10 @@ def main(argv=None) -> int:
                    help="torch threads (0: default). Two 1-thread runs side by side use a 2-core "
                         "machine better than one 2-thread run")
     p.add_argument("--device", default="cpu",
-                   help="torch device for the run, e.g. cuda (default cpu; results tables are CPU runs)")
+                   help="torch device for the run, e.g. cuda (default cpu; results tables are CPU runs); "
+                        "under torchrun each process takes cuda:LOCAL_RANK")
+    p.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"),
+                   help="collectives of a torchrun run (grank.distributed): auto = nccl on cuda, gloo on cpu")
     p = sub.add_parser("speed", help="time a few training steps and project epoch/run time")
     common(p)
     p.add_argument("--steps", type=int, default=30)
@@ -89,11 +93,20 @@ def main(argv=None) -> int:
                           "interactions": int(len(d.items)), "seconds": round(time.time() - t, 2)}))
         return 0
     if a.cmd == "train":
+        from . import distributed
         from .data import configure
         from .train import train
-        cfg, data = configure(a.preset, a.variant, a.seed, overrides)
-        s = train(cfg, data, a.out, resume=not a.no_resume, threads=a.threads, device=a.device)
-        print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
+        # under torchrun, one of N processes (grank.distributed); alone, world.size is 1
+        world, device = distributed.choose(distributed.from_env(), a.device, a.backend)
+        distributed.start(world, device)
+        try:
+            with distributed.main_first(world):  # one process builds the data cache
+                cfg, data = configure(a.preset, a.variant, a.seed, overrides)
+            s = train(cfg, data, a.out, resume=not a.no_resume, threads=a.threads, device=device, world=world)
+        finally:
+            distributed.stop(world)
+        if world.main:
+            print(json.dumps({k: s[k] for k in ("variant", "train_seconds", "sequences_per_s", "best")}))
         return 0
     if a.cmd == "speed":
         from .data import configure

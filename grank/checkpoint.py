@@ -3,8 +3,9 @@
 Export, serving tools, clients, perf and evaluation load a model through this module, never
 through the training code. A checkpoint is a ``torch.save`` dict:
 
-- ``format_version``: int, ``FORMAT_VERSION`` of the code that wrote it. A checkpoint of
-  another version is refused with both versions named: configs and state dicts change between
+- ``format_version``: int, ``FORMAT_VERSION`` of the code that wrote it. A checkpoint of an
+  older version that ``UPGRADES`` knows how it was trained is brought to this version on reading;
+  any other version is refused with both versions named: configs and state dicts change between
   versions, and guessing how an older model was trained would serve it wrongly;
 - ``config``: ``Config.to_dict()``: the model is rebuilt from this alone;
 - ``model``: the state dict (the Ranker's ``blend`` buffer included);
@@ -23,17 +24,20 @@ from pathlib import Path
 import torch
 
 from .cli import InputError
-from .config import Config, served_config, with_serving
+from .config import Config, TrainConfig, served_config, with_serving
 from .data import Interactions, catalogue, fingerprint, schema
 from .model import GRank
 from .popularity import RecentPopularity
+from .sampled_softmax import AUTO_SAMPLED_ABOVE, NegativeSampler, resolve
 from .signatures import takes_request_time as uses_popularity
 
+# 4 (2026-12-06): L_NTP's softmax is a setting (``train.ntp_softmax``, ``ntp_negatives``,
+# ``ntp_sampler``: grank.sampled_softmax); format 3 is upgraded on reading (``UPGRADES``).
 # 3 (2026-12-06): any data set: the ``dataset`` schema and ``catalogue`` are stored, item
 # features are generic (``items.features``), no ``model.high_rating``. 2 (2026-12-06): the
 # Ranker always scores on its own (no ``model.ranker_score``), without the options removed that
 # day; it has a ``blend`` buffer. 1: every checkpoint written before.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 HINT = ("train one first (`make train PRESET=default` writes artifacts/default/grank/best.pt, "
         "`make demo` artifacts/fast/grank/best.pt) or pass the path of an existing best.pt")
@@ -47,6 +51,9 @@ def build_model(cfg: Config, data: Interactions) -> GRank:
                          "no popularity by day; train with --set model.ranker_popularity=false")
     model = GRank(cfg.model, schema(data), RecentPopularity.from_data(data) if uses_popularity(cfg) else None)
     model.items.fill(data.item_features)
+    if resolve(cfg.train.ntp_softmax, data.n_items) == "sampled":
+        # training-only state, not a buffer: never in the state dict, the export or a DDP broadcast
+        model.ntp_sampler = NegativeSampler.from_data(data, cfg.train.ntp_sampler, model.items.id.weight.device)
     return model
 
 
@@ -77,24 +84,58 @@ FORMATS = {1: "tag ranker-recipes-2026-12-06 (commit 311b61e)",
            2: "tag checkpoint-format-2 (commit e01f7d3)"}
 
 
+def _from_3(ck: dict, n_items: int) -> dict:
+    """Format 3 -> 4. Format 3 trained L_NTP with the exact softmax alone and had no
+    ``train.ntp_*`` keys. They are filled so that the model trains as it was trained:
+    ``ntp_softmax`` "auto" where this format's auto choice is the exact softmax (catalogues of up
+    to ``AUTO_SAMPLED_ABOVE`` items, ML-1M's included: a run resumes under the default config),
+    "exact" above; ``ntp_negatives`` and ``ntp_sampler`` at their defaults, which the exact
+    softmax never reads. Nothing else changed between the formats."""
+    if n_items is None:
+        raise ValueError("upgrading format 3 needs the catalogue size the model was trained on (n_items)")
+    ck = dict(ck)
+    config = {**ck["config"], "train": dict(ck["config"]["train"])}
+    config["train"].update(ntp_softmax="auto" if n_items <= AUTO_SAMPLED_ABOVE else "exact",
+                           ntp_negatives=TrainConfig.ntp_negatives, ntp_sampler=TrainConfig.ntp_sampler)
+    ck.update(config=config, format_version=4)
+    return ck
+
+
+# format -> a function (checkpoint dict of that format, catalogue size) -> dict of the next format
+UPGRADES = {3: _from_3}
+
+
+def upgrade(ck: dict, n_items: int | None = None) -> dict:
+    """Checkpoint dict ``ck`` brought to ``FORMAT_VERSION`` through ``UPGRADES`` (a new dict;
+    ``ck`` is unchanged); a format that cannot be upgraded is returned as it is, for
+    ``check_version`` to refuse. ``n_items``: the catalogue size it was trained on, needed only
+    where ``ck`` does not store it (a training summary, train.json, has a ``config`` and a
+    ``format_version`` but no ``dataset``)."""
+    while ck.get("format_version") in UPGRADES:
+        ck = UPGRADES[ck["format_version"]](ck, ck["dataset"]["n_items"] if "dataset" in ck else n_items)
+    return ck
+
+
 def check_version(version, what: str, fix: str = "retrain it with this code") -> None:
     """Refuse a checkpoint (or a training summary) written by another format version; ``fix``
     says what to do instead, in the words of the caller (a command-line flag, ...)."""
     version = 1 if version is None else version  # version 1 did not record itself
     if version != FORMAT_VERSION:
         other = (f"the code of {FORMATS[version]} reads it" if version in FORMATS
+                 else "grank.checkpoint.upgrade brings a checkpoint of it to this version" if version in UPGRADES
                  else "newer code wrote it")
         raise InputError(f"{what}: checkpoint format version {version}, this code reads version "
                          f"{FORMAT_VERSION}; {fix} ({other})")
 
 
 def read(path: str | Path, fix: str = "retrain it with this code") -> dict:
-    """The checkpoint dict at ``path``, its format version checked (``fix``: what the error
-    tells the user to do about another version); a missing file is a ``FileNotFoundError`` that
-    says how to get one (every command that reads a model starts here)."""
+    """The checkpoint dict at ``path``, upgraded from an older format that ``UPGRADES`` knows,
+    its format version checked (``fix``: what the error tells the user to do about another
+    version); a missing file is a ``FileNotFoundError`` that says how to get one (every command
+    that reads a model starts here)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file; {HINT}")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = upgrade(torch.load(path, map_location="cpu", weights_only=True))
     check_version(ck.get("format_version"), str(path), fix)
     return ck
 

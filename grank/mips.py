@@ -110,6 +110,14 @@ def mips_top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, tau: fl
     return block_top_k(s, k, block)
 
 
+def shard_bounds(n_items: int, shards: int) -> list[int]:
+    """Split dense ids 1..``n_items`` into ``shards`` contiguous runs as even as possible:
+    returns S+1 bounds b with shard s holding ids b[s]+1 .. b[s+1] (b[0] = 0, b[S] = N)."""
+    if shards < 1 or shards > n_items:
+        raise ValueError(f"shards: must be in [1, {n_items}] (catalogue size), got {shards}")
+    return [n_items * s // shards for s in range(shards + 1)]
+
+
 def seen_mask(seen, n_items: int) -> torch.Tensor:
     """List of B int arrays of dense ids -> [B, n_items+1] bool mask (True = seen)."""
     mask = torch.zeros(len(seen), n_items + 1, dtype=torch.bool)

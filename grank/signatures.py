@@ -44,6 +44,29 @@ RANKER = "grank_ranker"
 CATALOGUE = "grank_catalogue"
 ONNX_MODELS = (USER_ENCODER, MIPS, RANKER)
 PYTHON_MODELS = (VALIDATE, CATALOGUE)
+MIPS_MERGE = "grank_mips_merge"  # a sharded table's exact top-k merge (``shards`` > 1)
+
+
+def mips_shard(s: int) -> str:
+    """The model name of MIPS shard ``s`` (0-based) of a sharded item table."""
+    return f"{MIPS}_shard{s}"
+
+
+def mips_models(shards: int = 1) -> tuple:
+    """The models of the MIPS stage: ``grank_mips`` alone, or S shards and their merge."""
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ValueError(f"shards: must be an integer >= 1, got {shards!r}")
+    return (MIPS,) if shards == 1 else tuple(mips_shard(s) for s in range(shards)) + (MIPS_MERGE,)
+
+
+def onnx_models(shards: int = 1) -> tuple:
+    """Every ONNX model of a repository whose item table is split into ``shards``."""
+    return (USER_ENCODER,) + mips_models(shards) + (RANKER,)
+
+
+def composing_models(shards: int = 1) -> tuple:
+    """Every model the ensemble runs, in its order."""
+    return (VALIDATE,) + onnx_models(shards) + (CATALOGUE,)
 PADDING = {"int64": PADDING_INT, "bytes": PADDING_STR}  # the caller's id of an empty history slot
 
 _TRITON = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "bytes": "TYPE_STRING"}
@@ -99,9 +122,12 @@ def id_dtype(schema: dict) -> str:
     return "bytes" if schema["id_type"] == "string" else "int64"
 
 
-def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
+def signatures(cfg: Config, schema: dict, shards: int = 1) -> dict[str, Signature]:
     """Every served model's signature for the model described by ``cfg`` over the data set
-    described by ``schema`` (``grank.data.schema``, stored in the checkpoint)."""
+    described by ``schema`` (``grank.data.schema``, stored in the checkpoint). With ``shards``
+    S > 1 the item table is split into S MIPS models, each with ``grank_mips``'s signature (its
+    candidates are dense ids of the whole catalogue), and ``grank_mips_merge`` takes their S
+    lists (``candidate_ids_<s>``, ``candidate_scores_<s>``) to the top-k1 of their union."""
     R, d = cfg.model.ranker_history, cfg.model.d_model
     k1, k2 = cfg.eval.k1, cfg.eval.k2
     n_feats, n_events, ids_t = len(schema["user_features"]), len(schema["events"]), id_dtype(schema)
@@ -127,7 +153,7 @@ def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
     request = (own, events) + feats + when
     checked = tuple(Tensor(VALIDATED_PREFIX + t.name, t.dtype, t.dims, t.doc)
                     for t in (dense, events) + feats + when)
-    return {
+    sigs = {
         ENSEMBLE: Signature(ENSEMBLE, request, (ids, names, scores, version)),
         VALIDATE: Signature(VALIDATE, request, checked + (version,)),
         USER_ENCODER: Signature(USER_ENCODER, (dense, events) + feats, (user,)),
@@ -135,6 +161,13 @@ def signatures(cfg: Config, schema: dict) -> dict[str, Signature]:
         RANKER: Signature(RANKER, (user, dense, events, cids) + when, (ranked, scores)),
         CATALOGUE: Signature(CATALOGUE, (ranked, version), (ids, names, version)),
     }
+    if mips_models(shards) != (MIPS,):
+        for s in range(shards):
+            sigs[mips_shard(s)] = Signature(mips_shard(s), (user, dense), (cids, cscores))
+        parts = tuple(Tensor(f"{t.name}_{s}", t.dtype, t.dims, f"shard {s}'s {t.doc}")
+                      for s in range(shards) for t in (cids, cscores))
+        sigs[MIPS_MERGE] = Signature(MIPS_MERGE, parts, (cids, cscores))
+    return sigs
 
 
 def mips_signature(cfg: Config) -> Signature:

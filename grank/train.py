@@ -2,9 +2,12 @@
 
 Losses (all InfoNCE with temperature tau, weights ``train.loss_weights``):
 - L_NTP: U tokens (one per supervised prefix of the window; the newest one is exactly the served
-  user vector) against the next item, with the WHOLE catalogue as negatives. ML-1M has 3,706 items,
-  so the exact softmax is cheaper than sampling and needs no logQ correction (the paper uses
-  in-batch negatives because its catalogue has millions of items).
+  user vector) against the next item. ``train.ntp_softmax``: the exact softmax over the WHOLE
+  catalogue ([B, S, N] logits), or a sampled one (the batch's targets + ``ntp_negatives`` drawn
+  items, logQ-corrected, accidental hits masked: ``grank.sampled_softmax``) whose cost does not
+  grow with N; "auto" takes the exact one up to ``AUTO_SAMPLED_ABOVE`` items, a size measured in
+  docs/LARGE_CATALOGUES.md (ML-1M's 3,706 items: exact). In sampled mode the Ranker's hard
+  negatives come from the sampled candidates' scores instead of the [n, N] logits.
 - L_SA-info: training-only auxiliary tokens, one for the target and one for each of
   ``aux_negatives`` in-batch negatives (other users' targets), attend to the history and to
   themselves; score = <token output, item vector> / tau, the target must win.
@@ -33,6 +36,7 @@ from .blend import applies as blend_applies, fit_blend
 from .checkpoint import FORMAT_VERSION, build_model, load_checkpoint, read, save
 from .config import Config, effective_dict
 from .data import Interactions, Split, split as make_split
+from .distributed import SINGLE, World, barrier, local_batch_size, local_rows, merge_sums, rank_seed, wrap
 from .evaluate import evaluate_model
 from .generator import MASKED
 from .model import GRank
@@ -55,6 +59,7 @@ def make_batch(data: Interactions, users: np.ndarray, ends: np.ndarray, cfg: Con
 
 def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     """Forward pass of the training task; returns the individual losses and their total."""
+    from .sampled_softmax import hard_pool, resolve, sampled_ntp
     m, tc = cfg.model, cfg.train
     L, tau = m.max_history, m.tau
     g = model.generator
@@ -85,11 +90,20 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     states = x_out[:, :S] if m.query_token else h_out[:, pos]  # [B, S, d] user vector after slot
 
     out = {}
-    # Scores against the real items only (column j = dense id j+1): no padding column to mask,
-    # and 1/tau folded into the [B, S, d] states instead of the [B, S, N] logits.
-    logits = (states / tau) @ table[1:].T  # [B, S, N]
-    ntp_t = batch["ntp_targets"][:, pos] - 1  # [B, S] column of the next item, -1 = no loss
-    out["ntp"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ntp_t.reshape(-1), ignore_index=-1)
+    sampled = resolve(tc.ntp_softmax, model.n_items) == "sampled"
+    if sampled:  # candidates: the batch's targets + drawn items, logQ-corrected (grank.sampled_softmax)
+        sampler = getattr(model, "ntp_sampler", None)
+        if sampler is None:
+            raise ValueError("train.ntp_softmax: the sampled softmax needs the model's training counts; "
+                             "build it with grank.checkpoint.build_model(cfg, data)")
+        out["ntp"], ntp_cand = sampled_ntp(states, batch["ntp_targets"][:, pos], table, sampler,
+                                           tc.ntp_negatives, tau)
+    else:
+        # Scores against the real items only (column j = dense id j+1): no padding column to mask,
+        # and 1/tau folded into the [B, S, d] states instead of the [B, S, N] logits.
+        logits = (states / tau) @ table[1:].T  # [B, S, N]
+        ntp_t = batch["ntp_targets"][:, pos] - 1  # [B, S] column of the next item, -1 = no loss
+        out["ntp"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ntp_t.reshape(-1), ignore_index=-1)
     total = tc.loss_weights[0] * out["ntp"]
     if m.aux_tokens:
         a = x_out[:, S:]
@@ -111,10 +125,13 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     if n:
         with torch.no_grad():
             # hard negatives: the Generator's own current top list, as it would be served
-            gl = F.pad(logits[keep, -1].detach(), (1, 0), value=MASKED)  # [n, N+1] by dense id
-            gl.scatter_(1, v_ids, MASKED)             # seen items are filtered when served
-            gl.scatter_(1, tgt[:, None], MASKED)
-            pool = gl.topk(min(tc.ranker_hard_pool, gl.shape[1] - 2), dim=1).indices
+            if sampled:  # ...among the sampled candidates: O(n x candidates), never [n, N]
+                pool = hard_pool(states[keep, -1] / tau, ntp_cand, table, v_ids, tgt, tc.ranker_hard_pool)
+            else:
+                gl = F.pad(logits[keep, -1].detach(), (1, 0), value=MASKED)  # [n, N+1] by dense id
+                gl.scatter_(1, v_ids, MASKED)             # seen items are filtered when served
+                gl.scatter_(1, tgt[:, None], MASKED)
+                pool = gl.topk(min(tc.ranker_hard_pool, gl.shape[1] - 2), dim=1).indices
             pick = torch.rand(pool.shape).argsort(1)[:, :tc.ranker_hard]
             hard = pool.gather(1, pick)
             rand = torch.randint(1, table.shape[0], (n, tc.ranker_random))
@@ -128,11 +145,15 @@ def losses(model: GRank, batch: dict, cfg: Config) -> dict:
     return out
 
 
-def train_step(model: GRank, opt, batch: dict, cfg: Config) -> dict:
-    """One optimisation step (forward, backward, clip, update); returns the losses."""
-    ls = losses(model, batch, cfg)
+def train_step(model: GRank, opt, batch: dict, cfg: Config, task=None, weight: float = 1.0) -> dict:
+    """One optimisation step (forward, backward, clip, update); returns the losses.
+    ``task``: in a multi-process run, the DDP-wrapped training loss of ``model``
+    (``grank.distributed.wrap``), whose backward averages the gradients over the processes, so
+    every process clips and applies the same update; ``weight`` scales this process's loss
+    (``grank.distributed.local_rows``)."""
+    ls = losses(model, batch, cfg) if task is None else task(batch)
     opt.zero_grad(set_to_none=True)
-    ls["total"].backward()
+    (ls["total"] if weight == 1 else ls["total"] * weight).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     opt.step()
     return ls
@@ -154,19 +175,26 @@ def host_description(device: str = "cpu") -> str:
 
 
 def train(cfg: Config, data: Interactions, out_dir: str | Path, resume: bool = True,
-          progress: bool = True, threads: int = 0, device: str = "cpu") -> dict:
+          progress: bool = True, threads: int = 0, device: str = "cpu", world: World = SINGLE) -> dict | None:
     """Train ``cfg`` on ``data``; writes last.pt (every epoch, resumable) and best.pt (best
     validation HR@10) under ``out_dir``. Returns the summary also saved as train.json.
 
     ``device`` ("cpu", "cuda", ...) is a run setting like ``threads``: every tensor of the run
     (model, batches, sampling) is created there through torch's default-device context, so the
     training code has no device plumbing. Checkpoints load on any device. GPU runs are not
-    bit-identical to CPU runs (other kernels, and the CUDA generator draws the negatives)."""
+    bit-identical to CPU runs (other kernels, and the CUDA generator draws the negatives).
+
+    ``world``: this process's place in a multi-process (DDP) run whose process group has
+    started, ``device`` then being this process's own (``grank.distributed.choose`` and
+    ``start``; the module doc says how the run is split). Only rank 0 evaluates, writes and
+    returns the summary; the other ranks return None."""
     with torch.device(device):
-        return _train(cfg, data, out_dir, resume, progress, threads, device)
+        return _train(cfg, data, out_dir, resume, progress, threads, device, world)
 
 
-def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
+def _train(cfg, data, out_dir, resume, progress, threads, device, world=SINGLE) -> dict | None:
+    local_batch_size(cfg.train.batch_size, world)  # refuses a global batch N processes cannot split
+    progress = progress and world.main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:  # a run setting, not part of the model config: results do not depend on it
@@ -194,7 +222,9 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
         rng.bit_generator.state = ck["numpy_rng"]
         state = ck["state"]
         trained_config = ck["config"]  # may differ only in settings this variant does not use
-        print(f"resumed {last} at epoch {state['epoch']}")
+        if world.main:
+            print(f"resumed {last} at epoch {state['epoch']}")
+    task = wrap(model, cfg, losses, world, device) if world.size > 1 else None
 
     def checkpoint(path: Path):
         save(path, dict(config=trained_config, model=model.state_dict(), optimizer=opt.state_dict(),
@@ -203,26 +233,33 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
 
     for epoch in range(state["epoch"], cfg.train.epochs):
         model.train()
-        users, ends = epoch_samples(sp, cfg.model.max_history, rng)
+        users, ends = epoch_samples(sp, cfg.model.max_history, rng)  # the same on every rank
+        if world.size > 1:  # each rank its own negatives and dropout (grank.distributed)
+            torch.manual_seed(rank_seed(cfg.seed, epoch, world.rank))
         t0 = time.time()
-        sums, n = {}, 0
+        sums, n, seen = {}, 0, 0  # n: this rank's windows; seen: the global batches' windows
         bar = tqdm(range(0, len(users), cfg.train.batch_size), disable=not progress,
                    desc=f"{cfg.variant} epoch {epoch + 1}/{cfg.train.epochs}")
         for s in bar:
-            batch = make_batch(data, users[s:s + cfg.train.batch_size], ends[s:s + cfg.train.batch_size], cfg)
-            ls = train_step(model, opt, batch, cfg)
+            gu, ge = users[s:s + cfg.train.batch_size], ends[s:s + cfg.train.batch_size]
+            part, weight = local_rows(len(gu), world)  # one process: all of it, weight 1
+            batch = make_batch(data, gu[part], ge[part], cfg)
+            ls = train_step(model, opt, batch, cfg, task, weight)
             sched.step()
-            nb = len(batch["target"])
+            nb = len(batch["target"]) if weight else 0  # a stand-in row (weight 0) is not logged
             n += nb
+            seen += len(gu)
             for k, v in ls.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * nb
-            bar.set_postfix(loss=f"{sums['total'] / n:.3f}", seq_s=f"{n / (time.time() - t0):.0f}")
+            bar.set_postfix(loss=f"{sums['total'] / max(n, 1):.3f}", seq_s=f"{seen / (time.time() - t0):.0f}")
         dt = time.time() - t0
+        sums, n = merge_sums(sums, n, world)  # every rank's windows: the global batches' mean
         state["train_seconds"] += dt
         state["sequences"] += n
         rec = {"epoch": epoch + 1, "seconds": round(dt, 1), "sequences_per_s": round(n / dt, 1),
                **{f"loss_{k}": round(v / n, 5) for k, v in sums.items()}}
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+        due = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
+        if due and world.main:  # one rank validates and writes; the others wait at the barrier below
             val = evaluate_model(model, sp, "val", cfg.eval, progress=progress)
             rec["val"] = {k: round(v, 5) for k, v in val.items() if "@" in k}
             if state["best"] is None or val["HR@10"] > state["best"]["HR@10"]:
@@ -231,15 +268,20 @@ def _train(cfg, data, out_dir, resume, progress, threads, device) -> dict:
                 checkpoint(out / "best.pt")
         state["history"].append(rec)
         state["epoch"] = epoch + 1
-        checkpoint(last)
-        print(json.dumps(rec))
+        if world.main:
+            checkpoint(last)
+            print(json.dumps(rec))
+        barrier(world)
+    if not world.main:  # the blend fit and the summary are rank 0's alone
+        return None
     blend = fit_saved_blend(out / "best.pt", data, progress) if blend_applies(cfg) else None
     summary = dict(format_version=FORMAT_VERSION, variant=cfg.variant, config=trained_config, machine=host_description(device),
                    train_seconds=round(state["train_seconds"], 1), sequences=state["sequences"],
                    sequences_per_s=round(state["sequences"] / max(state["train_seconds"], 1e-9), 1),
                    best=state["best"], history=state["history"],
                    parameters=sum(p.numel() for p in model.parameters()),
-                   threads=torch.get_num_threads(), device=device)
+                   threads=torch.get_num_threads(), world_size=world.size, backend=world.backend,
+                   device=device if world.size == 1 else torch.device(device).type)  # threads: per process
     if blend is not None:
         summary["blend"] = blend
     (out / "train.json").write_text(json.dumps(summary, indent=1))

@@ -51,6 +51,11 @@ def main(argv=None) -> int:
     p.add_argument("--csv", nargs="*", default=[], help="extra perf_analyzer CSVs of the ensemble")
     p.add_argument("--csv-items", type=int, default=None, help="catalogue size the --csv runs served")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="GPUs per server: also place the item table in shards on them (with --gpu-memory-gb)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of each GPU (with --gpus)")
+    p.add_argument("--gpu-method", default=None,
+                   help="measured GPU MIPS rows to time shards with (default: exact fp32, two-step top-k)")
     p = sub.add_parser("tune", help="serve variants of the repository and sweep each with perf_analyzer")
     p.add_argument("--checkpoint", default="artifacts/default/grank/best.pt", help="the served model")
     p.add_argument("--repository", default="model_repository", help="a built repository (make repository)")
@@ -174,10 +179,15 @@ def _tune(a) -> int:
     schema = read(a.checkpoint)["dataset"]
     data = load(cfg.dataset)
     out = Path(a.out)
-    models, n_items = None, data.n_items
+    models, n_items = {1: None}, data.n_items
     if a.items:
-        print(f"building the {a.items:,}-item MIPS and Ranker graphs ...")
-        models, n_items = big_catalogue_models(a.checkpoint, a.items, out / f"items{a.items}"), a.items
+        layouts = sorted({VARIANTS[v].shards for v in a.variants})
+        print(f"building the {a.items:,}-item MIPS (in {', '.join(map(str, layouts))} shards) and Ranker graphs ...")
+        models = big_catalogue_models(a.checkpoint, a.items, out / f"items{a.items}", shards=layouts)
+        n_items = a.items
+    elif any(VARIANTS.get(v, VARIANTS["default"]).shards > 1 for v in a.variants):
+        print("error: --variants: the shard variants serve a catalogue built with --items", file=sys.stderr)
+        return 2
     rates = measured_rates(read_bandwidth_gbs(), gemm_gflops())  # measured once, before any server starts
     rows = []
     for v in a.variants:
@@ -186,7 +196,8 @@ def _tune(a) -> int:
             print(f"{name}: re-exporting with {SHAPES[v]} and evaluating that shape ...")
             r, vcfg, quality = shape_repository(a.checkpoint, name, SHAPES[v], out / name, data)
         else:
-            r, vcfg = variant_repository(repo, out / name / "repository", cfg, schema, VARIANTS[v], models), cfg
+            r, vcfg = variant_repository(repo, out / name / "repository", cfg, schema, VARIANTS[v],
+                                         models[VARIANTS[v].shards], n_items), cfg
             quality = {}
             if v == "default" and not a.items and not a.request_rate:  # the shapes' baseline (~1 min)
                 from grank.checkpoint import load_checkpoint
@@ -226,11 +237,24 @@ def _plan(a) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    shards = None
+    if a.gpus:
+        from .planner import SHARD_METHOD, format_shard_plan, shard_plan
+        try:
+            shards = shard_plan(perf, a.items, a.gpus, a.gpu_memory_gb, a.p99_ms, a.gpu_method or SHARD_METHOD,
+                                headroom=a.headroom, k=a.k)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if a.json:
-        print(json.dumps({k: [dataclasses.asdict(o) for o in v] if k != "inputs" else v for k, v in p.items()},
-                         indent=1))
+        out = {k: [dataclasses.asdict(o) for o in v] if k != "inputs" else v for k, v in p.items()}
+        if shards is not None:
+            out["shards"] = [dataclasses.asdict(o) for o in shards]
+        print(json.dumps(out, indent=1))
     else:
         print(format_plan(p, perf))
+        if shards is not None:
+            print("\n" + format_shard_plan(shards, a.items, a.gpus, a.gpu_memory_gb, a.p99_ms))
     return 0
 
 

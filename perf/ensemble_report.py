@@ -3,6 +3,7 @@
 open-loop and catalogue-scale tables. Every number is a measured row; the commands are listed."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # The p99 latency target of capacity planning (`make plan P99_MS=50`, the README's planner
@@ -59,6 +60,45 @@ def _plot(groups: dict, docs: Path) -> str:
     fig.savefig(docs / name, dpi=120)
     plt.close(fig)
     return name
+
+
+SHARDED = re.compile(r"^shards(\d+)@(\d+)$")
+
+
+def sharded_markdown(closed: dict) -> list[str]:
+    """The sharded-table rows (``perf.tune`` variants ``shards<S>`` with ``--items``): per
+    catalogue size and shard count, throughput and latency of the whole ensemble and what the
+    MIPS stage (its shards, their merge) cost at the highest concurrency."""
+    got = {}
+    for (method, proto), rs in closed.items():
+        m = SHARDED.match(method)
+        if m:
+            got[(int(m.group(2)), int(m.group(1)), proto)] = rs
+    if not got:
+        return []
+    lines = ["", "### A sharded item table (`--shards S`: S MIPS models and an exact merge)", "",
+             "The catalogue padded to N items (`perf.tune.big_catalogue_models`), its table in S shards, "
+             "each run on its own server on the same machine; S = 1 is the committed layout, measured in "
+             "the same run. Per-model times are perf_analyzer's averages per request at the highest "
+             "concurrency (the S shards' compute is their mean; they run concurrently).", "",
+             "| N | S | protocol | best infer/s with p99 <= budget (concurrency) | p50 / p99 ms at concurrency 1 "
+             "| peak infer/s (concurrency) | p99 ms at peak | shard compute ms | shard queue ms | merge ms "
+             "| Ranker compute ms | date, machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (n, shards, proto), rs in sorted(got.items()):
+        best, peak = best_within(rs), max(rs, key=lambda r: r["qps"])
+        one = min(rs, key=lambda r: r["load"])
+        top = max(rs, key=lambda r: r["load"])["models"]
+        scans = [v for k, v in top.items() if k == "grank_mips" or k.startswith("grank_mips_shard")]
+        mean = lambda key: sum(v[key] for v in scans) / len(scans) if scans else float("nan")  # noqa: E731
+        merge = top.get("grank_mips_merge", {}).get("compute_infer_ms")
+        rk = top.get("grank_ranker", {}).get("compute_infer_ms")
+        lines.append(f"| {n:,} | {shards} | {proto} | "
+                     + (f"{best['qps']:.1f} ({best['load']:g})" if best else "none")
+                     + f" | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} | {peak['qps']:.1f} ({peak['load']:g}) | "
+                     f"{peak['p99_ms']:.1f} | {mean('compute_infer_ms'):.2f} | {mean('queue_ms'):.2f} | "
+                     + (f"{merge:.2f}" if merge is not None else "-") + " | "
+                     + (f"{rk:.2f}" if rk is not None else "-") + f" | {_run(rs[0])} |")
+    return lines
 
 
 def _run(row: dict) -> str:
@@ -138,7 +178,8 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
               "run's breakdown is in `performance.json`, `models`):", "",
               "| variant | protocol | model | avg batch | queue ms | compute infer ms | input + output ms "
               "| Ranker served, date, machine |", "|---|---|---|---|---|---|---|---|"]
-    shown = [key for key in sorted(closed) if key[0] in ("all_threads", "default") or "@" in key[0]]
+    shown = [key for key in sorted(closed) if key[0] in ("all_threads", "default")
+             or ("@" in key[0] and not SHARDED.match(key[0]))]  # sharded runs: their own section
     for (method, proto), rs in ((key, closed[key]) for key in shown):
         top = max(rs, key=lambda r: r["load"])
         for model, m in sorted(top.get("models", {}).items()):
@@ -162,6 +203,7 @@ def ensemble_markdown(perf: dict, docs: Path) -> list[str]:
             top = max(ok, key=lambda r: r["load"])
             lines += ["", f"Highest sustained rate measured: {top['load']:g} requests/s ({top['method']}, "
                           f"{top['protocol']}; p99 {top['p99_ms']:.1f} ms; {_served(top)})."]
+    lines += sharded_markdown(closed)
     lines += ["", "Commands (perf_analyzer, one per run):", ""]
     for cmd in sorted({r["command"] for r in rows}):
         lines.append(f"- `{cmd}`")

@@ -18,6 +18,11 @@ printed with the answer:
   methods and ensembles are not (their cost is not linear in N);
 - methods with a measured recall count only at recall >= ``--recall``;
 - an open-loop row counts only if the server completed >= 95% of the offered rate.
+
+With ``--gpus G --gpu-memory-gb M`` it also places a sharded item table (``shard_plan``): the
+fewest shards S whose tables and score buffers fit the GPUs' memory, with shard s on GPU s mod G
+(what ``python -m export repository --shards S --gpus G`` writes), timed from the measured GPU
+MIPS rows at N / S items.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-LINEAR = ("grank_mips", "grank_mips_int8", "torch_topk", "faiss_flat")  # O(N) scans: may extrapolate
+LINEAR = ("grank_mips", "grank_mips_int8", "torch_topk", "faiss_flat",  # O(N) scans: may extrapolate
+          "torch_cuda_fp32", "torch_cuda_fp32_block", "torch_cuda_fp16", "torch_cuda_fp16_block")
+SHARD_METHOD = "torch_cuda_fp32_block"  # exact fp32 with the two-step top-k: what the served graph computes
 
 
 @dataclass
@@ -128,6 +135,92 @@ def ensemble_options(rows: list[dict], qps: float, budget_ms: float, n: int,
                           math.ceil(qps / (r["qps"] * headroom)),
                           "" if r.get("N") in (None, n) else "measured at a larger N (conservative)"))
     return sorted(out, key=lambda o: (o.units, o.p99_ms))
+
+
+@dataclass
+class ShardOption:
+    shards: int         # S
+    gpus_used: int      # min(S, G)
+    per_gpu: int        # shards on the busiest GPU (they run one after another there)
+    items_per_shard: int
+    gpu_memory_gb: float  # table + score buffer of the busiest GPU at this batch
+    batch: int
+    stage_ms: float     # the MIPS stage's time per batch: the busiest GPU's shards in turn
+    stage_qps: float    # users per second through the stage (batch / stage time)
+    server_qps: float   # per server: S = 1 runs one instance per GPU (Triton's default), S > 1 once
+    floor_ms: float     # the busiest GPU's tables read once at the measured copy bandwidth
+    fits: bool
+    note: str = ""
+
+
+def shard_plan(perf: dict, n: int, gpus: int, gpu_memory_gb: float, budget_ms: float,
+               method: str = SHARD_METHOD, d: int = 64, headroom: float = 0.8,
+               k: int = 500) -> list[ShardOption]:
+    """Where to put an ``n``-item table split into S shards on ``gpus`` GPUs of
+    ``gpu_memory_gb``: for S = 1, 2, 4, .. 4 G and each measured batch, the busiest GPU's memory
+    (its shards' tables, from the measured table size per item, plus a float32 score buffer of
+    batch x items per shard, which the scan materialises) must stay within ``headroom`` of its
+    memory, and its shards' batch times (measured rows of ``method``, interpolated at n / S
+    items) add up, since one GPU runs its shards in turn while the GPUs run in parallel. The
+    merge of S x k1 candidates is left out (microseconds next to a scan). An unsharded table
+    is replicated on every GPU (Triton's default: one instance per GPU); a sharded one pins shard
+    s to GPU s mod G, so it runs once. Returns the options that fit, the most users per second
+    per server first, then the lowest stage time."""
+    if gpus < 1 or gpu_memory_gb <= 0:
+        raise ValueError(f"--gpus and --gpu-memory-gb must be > 0, got {gpus}, {gpu_memory_gb}")
+    rows = [r for r in perf.get("rows", []) if r.get("stage") == "mips" and r.get("method") == method
+            and r.get("k") == k and r.get("device")]
+    if not rows:
+        have = sorted({r["method"] for r in perf.get("rows", []) if r.get("device")})
+        raise ValueError(f"--gpu-method: no GPU MIPS rows of {method} at k={k} (measured: {have}; "
+                         "run `make bench-gpu` on a GPU machine)")
+    device = rows[0]["device"]
+    bw = perf.get("gpus", {}).get(device, {}).get("copy_bandwidth_gbs")
+    per_item = max(r["memory_mb"] / r["N"] for r in rows) * 2 ** 20   # bytes of table per item
+    out = []
+    S = 1
+    while S <= 4 * gpus:
+        items = -(-n // S)
+        per_gpu = -(-S // gpus)
+        for b in sorted({r["batch"] for r in rows}):
+            got = _at_n([r for r in rows if r["batch"] == b], items, method)
+            if got is None:
+                continue
+            r, _, note = got
+            mem = per_gpu * (items * per_item + b * items * 4) / 2 ** 30
+            stage = per_gpu * r["p99_ms"]
+            floor = per_gpu * items * per_item / (bw * 1e9) * 1e3 if bw else float("nan")
+            qps = b / stage * 1e3
+            out.append(ShardOption(S, gpus if S == 1 else min(S, gpus), per_gpu, items, round(mem, 2), b, round(stage, 3),
+                                   round(qps, 1), round(qps * (gpus if S == 1 else 1), 1), round(floor, 3),
+                                   mem <= headroom * gpu_memory_gb and stage <= budget_ms,
+                                   f"{note}; rows of {device}".lstrip("; ")))
+        S *= 2
+    return sorted([o for o in out if o.fits], key=lambda o: (-o.server_qps, o.stage_ms))
+
+
+def format_shard_plan(options: list[ShardOption], n: int, gpus: int, gpu_memory_gb: float,
+                      budget_ms: float) -> str:
+    head = (f"Sharded item table: {n:,} items on {gpus} GPU(s) of {gpu_memory_gb:g} GB "
+            f"each, MIPS stage within {budget_ms:g} ms; best first")
+    if not options:
+        return head + "\n  nothing fits: more GPUs, more memory per GPU, or a smaller batch"
+    lines = [head]
+    for o in options[:8]:
+        lines.append(f"  S = {o.shards:>3} on {o.gpus_used} GPU(s), {o.per_gpu} per GPU, {o.items_per_shard:,} items "
+                     f"each, batch {o.batch}: {o.server_qps:,.0f} users/s per server, stage {o.stage_ms:.2f} ms per "
+                     f"batch (bandwidth floor {o.floor_ms:.2f} ms), {o.gpu_memory_gb:.1f} GB on the busiest GPU "
+                     f"[{o.note}]")
+    best = options[0]
+    lines += [f"  place: python -m export repository --shards {best.shards} --gpus {best.gpus_used} ...   "
+              f"(shard s on GPU s mod {best.gpus_used})" if best.shards > 1 else
+              "  place: python -m export repository ...   (one table; Triton runs an instance on every GPU)",
+              "  rules: the busiest GPU holds ceil(S / G) shards and runs them in turn; S = 1 runs on every "
+              "GPU (one instance each), S > 1 once; a GPU's memory is its shards' "
+              "tables plus a float32 batch x items score buffer each (80% usable); times are the measured p99 of the "
+              "GPU MIPS rows at N / S items (PyTorch on that GPU; the served ONNX graph computes the same "
+              "scan); the merge is left out"]
+    return "\n".join(lines)
 
 
 def csv_rows(paths: list[str], n_items: int | None, name: str = "csv") -> list[dict]:

@@ -17,8 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from export.repository import Serving, write_configs
-from grank.signatures import MIPS, RANKER
+from export.repository import Serving, other_layout, write_configs
+from grank.signatures import CATALOGUE, MIPS, RANKER, VALIDATE, mips_models
 
 # One change at a time. Round 1 against the first committed setting (ONNX Runtime's default
 # threads = every core, 100 us batching delay); round 2 against its winner, one intra-op thread
@@ -40,6 +40,11 @@ VARIANTS = {
     "threads1_delay1ms": Serving(intra_op_threads=1, max_queue_delay_us=1000),
     # for a large catalogue, where the MIPS scan is most of the work (run with --items)
     "mips_threads2": Serving(mips_intra_op_threads=2),
+    # the item table in S shards merged exactly (run with --items); shards1 is the default
+    # layout measured in the same run as its sharded peers
+    "shards1": Serving(shards=1),
+    "shards2": Serving(shards=2),
+    "shards4": Serving(shards=4),
 }
 
 
@@ -107,33 +112,51 @@ def parse_breakdown(log: str) -> dict[float, dict[str, dict]]:
 
 
 def variant_repository(src: Path, dst: Path, cfg, schema: dict, serving: Serving,
-                       models: dict | None = None) -> Path:
+                       models: dict | None = None, n_items: int = 0) -> Path:
     """Copy the built repository ``src`` to ``dst`` with configs regenerated for ``serving``;
-    ``models``: model name -> an .onnx file to put in place of that model's version 1."""
+    ``models``: model name -> an .onnx file to put in place of that model's version 1;
+    ``n_items`` above the served catalogue's size: the catalogue of a ``big_catalogue_models``
+    table, whose synthetic items get ids after the largest real one (int ids) and no name."""
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    for m in other_layout(dst, serving.shards):
+        shutil.rmtree(dst / m)
     write_configs(cfg, schema, dst, serving)
     for name, onnx_path in (models or {}).items():
         vdir = dst / name / "1"
+        vdir.mkdir(parents=True, exist_ok=True)
         for f in vdir.glob("model.onnx*"):
             f.unlink()
         shutil.copyfile(onnx_path, vdir / "model.onnx")
         data = Path(str(onnx_path) + ".data")
         if data.exists():
             shutil.copyfile(data, vdir / data.name)
+    for name in (VALIDATE, CATALOGUE):
+        f = dst / name / "1" / "catalogue.json"
+        c = json.loads(f.read_text(encoding="utf-8"))
+        extra = n_items - len(c["item_ids"])
+        if extra > 0:
+            if not isinstance(c["item_ids"][0], int):
+                raise ValueError("--items: a catalogue of string ids cannot be padded with synthetic items")
+            top = max(c["item_ids"])
+            c["item_ids"] += list(range(top + 1, top + 1 + extra))
+            c["item_names"] = c.get("item_names", [""] * (n_items - extra)) + [""] * extra
+            f.write_text(json.dumps(c, ensure_ascii=False), encoding="utf-8")
     return dst
 
 
-def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0) -> dict:
+def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0,
+                         shards=(1,)) -> dict[int, dict]:
     """The trained model with its catalogue padded to ``n_items`` by items drawn from a mixture
     fitted to its own item vectors (``mipsbench.geometry``): the real items keep their ids (so real
     histories stay valid; the user encoder is unchanged) and the MIPS and Ranker graphs get the
-    large table. Checked against PyTorch with the export's own parity check. Returns
-    {model name: onnx path}."""
+    large table, the MIPS stage once per shard count in ``shards``. Checked against PyTorch with
+    the export's own parity check. Returns {shard count: {model name: onnx path}}."""
     import torch
 
-    from export.onnx_models import MipsTopK, RankerTopK, UserEncoder, embedding_bound, export_one
+    from export.onnx_models import (MipsTopK, RankerTopK, UserEncoder, embedding_bound, export_one,
+                                    mips_shards)
     from export.parity import check_onnx, pipeline_arrays, real_inputs
     from grank.data import load
     from grank.signatures import USER_ENCODER, signatures
@@ -146,19 +169,29 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
         raise ValueError(f"--items: must exceed the real catalogue ({len(real) - 1}), got {n_items}")
     extra = sample(fit_mixture(real[1:].numpy(), k=32), n_items - (len(real) - 1), seed=seed)
     table = torch.cat([real, torch.from_numpy(extra)])
+    del extra
     ranker = RankerTopK(model, cfg.eval.k2).eval()
     ranker.item_vectors = table  # the buffer the Ranker gathers candidates from
-    graphs = {USER_ENCODER: UserEncoder(model).eval(), MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau,
-                                                                            max_abs=embedding_bound(model)).eval(),
-              RANKER: ranker}
-    arrays = pipeline_arrays(graphs, real_inputs(load(cfg.dataset), cfg, 16, seed))
-    sigs = signatures(cfg, ck["dataset"])
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: export_one(graphs[name], sigs[name], arrays, out / f"{name}.onnx") for name in (MIPS, RANKER)}
-    bad = {k: v for k, v in check_onnx(paths, cfg, ck["dataset"], arrays).items() if v}
-    if bad:
-        raise RuntimeError(f"{n_items:,}-item graphs disagree with PyTorch: {bad}")
-    return paths
+    bound, inputs = embedding_bound(model), real_inputs(load(cfg.dataset), cfg, 16, seed)
+    found, ranker_path = {}, None
+    for s in shards:
+        mips = ({MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau, max_abs=bound).eval()} if s == 1 else
+                mips_shards(table, cfg.eval.k1, model.cfg.tau, s, bound, cfg.eval.k1 + cfg.model.ranker_history))
+        graphs = {USER_ENCODER: UserEncoder(model).eval(), **mips, RANKER: ranker}
+        arrays = pipeline_arrays(graphs, inputs)
+        sigs = signatures(cfg, ck["dataset"], s)
+        d = out / f"shards{s}"
+        d.mkdir(parents=True, exist_ok=True)
+        paths = {name: export_one(graphs[name], sigs[name], arrays, d / f"{name}.onnx") for name in mips_models(s)}
+        if ranker_path is None:  # one Ranker graph serves every layout
+            ranker_path = export_one(ranker, sigs[RANKER], arrays, out / f"{RANKER}.onnx")
+        paths[RANKER] = ranker_path
+        bad = {k: v for k, v in check_onnx(paths, cfg, ck["dataset"], arrays).items() if v}
+        if bad:
+            raise RuntimeError(f"{n_items:,}-item graphs in {s} shards disagree with PyTorch: {bad}")
+        found[s] = paths
+        del mips, graphs
+    return found
 
 
 def portable(cmd: str) -> str:

@@ -4,8 +4,8 @@
   python -m serve.deploy --rollback --repository model_repository --url localhost:8000
   python -m serve.deploy --status --repository model_repository --url localhost:8000
 
-A deployment is one version number shared by the five composing models (validator, encoder,
-MIPS with its item table, Ranker, catalogue). The ensemble pins every step to the current
+A deployment is one version number shared by the composing models (validator, encoder,
+MIPS with its item table (or its shards and their merge), Ranker, catalogue). The ensemble pins every step to the current
 version, so a request runs one version from its first step to its last; the ``deployment``
 output says which. A swap to version ``new`` (Triton's explicit model-control mode; the
 management key when the server has one):
@@ -36,15 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-from export.repository import SCHEMA_FILE, version_policy, write_atomic
-from grank.signatures import CATALOGUE, DEPLOYMENT, ENSEMBLE, ONNX_MODELS, VALIDATE
+from export.repository import SCHEMA_FILE, repository_shards, version_policy, write_atomic
+from grank.signatures import DEPLOYMENT, ENSEMBLE, VALIDATE, composing_models
 
 from .admin import KEY_ENV, headers, read_key
-
-COMPOSING = (VALIDATE,) + ONNX_MODELS + (CATALOGUE,)
 _POLICY = re.compile(r"^version_policy: .*$", re.M)
 _PIN = re.compile(r"^(\s*model_version: )-?\d+$", re.M)
 _SCHEMA = re.compile(r'^(  value: \{ string_value: )".*"( \}\n\})', re.M)
+_PLACEMENT = re.compile(r"^instance_group \[\n.*?^\]\n", re.M | re.S)
 
 
 class DeployError(RuntimeError):
@@ -52,10 +51,15 @@ class DeployError(RuntimeError):
 
 
 # ---- the repository on disk -------------------------------------------------------------
+def composing(repo: Path) -> tuple:
+    """The composing models of the repository ``repo`` (its shard count decides)."""
+    return composing_models(repository_shards(repo))
+
+
 def versions_on_disk(repo: Path) -> list[int]:
     """Versions for which every composing model has a folder, ascending."""
     sets = [{int(p.name) for p in (Path(repo) / m).iterdir() if p.is_dir() and p.name.isdigit()}
-            for m in COMPOSING]
+            for m in composing(repo)]
     return sorted(set.intersection(*sets))
 
 
@@ -81,13 +85,14 @@ def _pin(text: str, version: int, schema: str | None) -> str:
 
 
 def _normal(text: str) -> str:
-    """A config without what a swap may change: versions, the schema parameter, comments."""
-    text = _SCHEMA.sub(r"\1SCHEMA\2", _PIN.sub(r"\1V", _POLICY.sub("", text)))
+    """A config without what a swap may change: versions, the schema parameter, comments, and
+    where instances run (a placement, not a shape)."""
+    text = _SCHEMA.sub(r"\1SCHEMA\2", _PIN.sub(r"\1V", _POLICY.sub("", _PLACEMENT.sub("", text))))
     return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
 
 
 def _configs(repo: Path) -> dict[str, str]:
-    return {m: (Path(repo) / m / "config.pbtxt").read_text() for m in (ENSEMBLE,) + COMPOSING}
+    return {m: (Path(repo) / m / "config.pbtxt").read_text() for m in (ENSEMBLE,) + composing(repo)}
 
 
 # ---- the running server -----------------------------------------------------------------
@@ -151,13 +156,13 @@ def switch(repo: Path, server: Server, target: int, keep: int = 2, log=print) ->
         raise DeployError(f"version {target} is already serving")
     if target not in versions_on_disk(repo):
         raise DeployError(f"version {target} is not in {repo} (on disk: {versions_on_disk(repo)})")
-    before = _configs(repo)
+    before, models = _configs(repo), composing(repo)
     schema = (repo / VALIDATE / str(target) / SCHEMA_FILE)
     schema = schema.read_text(encoding="utf-8") if schema.exists() else None
     t0 = time.perf_counter()
     times = {}
     try:
-        for m in COMPOSING:  # 2. both versions loaded
+        for m in models:  # 2. both versions loaded
             write_atomic(repo / m / "config.pbtxt", _set_policy(before[m], (cur, target)))
             server.load(m)
             if target not in server.ready_versions(m):
@@ -174,13 +179,13 @@ def switch(repo: Path, server: Server, target: int, keep: int = 2, log=print) ->
     except Exception:
         for m, text in before.items():  # restore what was serving
             write_atomic(repo / m / "config.pbtxt", text)
-        for m in (ENSEMBLE,) + COMPOSING:
+        for m in (ENSEMBLE,) + models:
             try:
                 server.load(m)
             except DeployError:
                 pass
         raise
-    for m in COMPOSING:  # 5. retire the old version (unloaded when its requests are done)
+    for m in models:  # 5. retire the old version (unloaded when its requests are done)
         write_atomic(repo / m / "config.pbtxt", _set_policy(before[m], (target,)))
         server.load(m)
     times["retire_s"] = time.perf_counter() - t0
@@ -195,7 +200,7 @@ def prune(repo: Path, keep: int, protect=()) -> list[int]:
     old = [v for v in versions_on_disk(repo) if v not in protect]
     drop = old[:max(0, len(old) - max(0, keep - len(protect)))]
     for v in drop:
-        for m in COMPOSING:  # the ensemble keeps its one version, 1
+        for m in composing(repo):  # the ensemble keeps its one version, 1
             shutil.rmtree(Path(repo) / m / str(v), ignore_errors=True)
     return drop
 
@@ -204,20 +209,21 @@ def stage(checkpoint: Path, repo: Path, work: Path, version: int | None = None, 
     """Export ``checkpoint`` and write it as a new version of ``repo`` (not loaded). Refuses a
     checkpoint whose served shapes differ from the repository's. Returns the version."""
     from export.build import export_checkpoint
-    from export.repository import model_configs, write_version
+    from export.repository import Serving, model_configs, write_version
     from grank.signatures import takes_request_time
     from grank.validation import limits_dict
 
     repo = Path(repo)
     cur = current_version(repo)
     version = version or max(versions_on_disk(repo) + [cur]) + 1
+    shards = repository_shards(repo)
     t0 = time.perf_counter()
-    ex = export_checkpoint(checkpoint, Path(work) / f"v{version}")
+    ex = export_checkpoint(checkpoint, Path(work) / f"v{version}", shards=shards)
     bad = {m: p for m, p in ex.problems.items() if p}
     if bad:
         raise DeployError(f"{checkpoint}: the ONNX export failed its parity check: {bad}")
     schema = ex.ck["dataset"]
-    want, have = model_configs(ex.cfg, schema, current=version), _configs(repo)
+    want, have = model_configs(ex.cfg, schema, Serving(shards=shards), current=version), _configs(repo)
     differ = [m for m in want if _normal(want[m]) != _normal(have[m])]
     if differ:
         raise DeployError(f"{checkpoint}: its served shapes differ from {repo} in {', '.join(differ)} "
@@ -234,7 +240,7 @@ def status(repo: Path, server: Server | None) -> str:
     cur = current_version(repo)
     lines = [f"{repo}: serving version {cur}; on disk {versions_on_disk(repo)}"]
     if server is not None:
-        for m in COMPOSING:
+        for m in composing(repo):
             lines.append(f"  {m}: loaded {sorted(server.ready_versions(m))}")
     return "\n".join(lines)
 

@@ -127,15 +127,22 @@ def test_big_catalogue_graphs_keep_real_ids_and_pass_parity(tiny_trained, ml100k
     from perf.tune import big_catalogue_models
     _, cfg, out, _ = tiny_trained
     n = ml100k.n_items + 3000
-    paths = big_catalogue_models(out / "best.pt", n, tmp_path)  # raises unless parity holds
-    from grank.mips import block_size
+    layouts = big_catalogue_models(out / "best.pt", n, tmp_path, shards=(1, 2))  # raises unless parity holds
+    from grank.mips import block_size, shard_bounds
+    from grank.signatures import MIPS_MERGE, mips_shard
+    paths = layouts[1]
     block = block_size(n + 1, cfg.eval.k1)
     assert block  # a catalogue this size takes the two-step top-k: its table is padded
-    for name, rows in ((MIPS, n + 1 + (-(n + 1)) % block), (RANKER, n + 1)):
-        m = onnx.load(str(paths[name]))
-        # the table as stored ([rows, d], or folded into [d, rows] for the MatMul)
-        table = [i for i in m.graph.initializer if sorted(i.dims) == sorted([rows, cfg.model.d_model])]
-        assert table, f"{name}: no {rows} x d item table"
+    half = shard_bounds(n, 2)[1]
+    for name, rows in ((MIPS, n + 1), (RANKER, n + 1), (mips_shard(0), half + 1)):
+        m = onnx.load(str(layouts[2 if name == mips_shard(0) else 1][name]))
+        # the table as stored ([rows, d], or folded into [d, rows] for the MatMul), padded to a block
+        scan = block_size(rows, cfg.eval.k1) if name != RANKER else 0
+        want = rows + (-rows) % scan if scan else rows
+        table = [i for i in m.graph.initializer if sorted(i.dims) == sorted([want, cfg.model.d_model])]
+        assert table, f"{name}: no {want} x d item table"
+    assert sorted(layouts[2]) == sorted([mips_shard(0), mips_shard(1), MIPS_MERGE, RANKER])
+    assert layouts[2][RANKER] == paths[RANKER]  # one Ranker graph for every layout
 
 
 def test_shape_variant_is_re_exported_with_its_own_shapes_and_quality(tiny_trained, ml100k, tmp_path):
