@@ -40,6 +40,9 @@ def main(argv=None) -> int:
                        help="serve with another eval.k1 / eval.k2 / eval.ks or a shorter "
                             "model.ranker_history than the checkpoint's (repeatable; build such a "
                             "repository into another --repository)")
+        p.add_argument("--shards", type=int, default=1,
+                       help="split the item table into this many MIPS models, merged exactly by the "
+                            "ensemble (default 1: one MIPS model)")
 
     ck(sub.add_parser("onnx", help="export the three ONNX models and check them against PyTorch"))
     p = sub.add_parser("repository", help="export, check, and build a Triton model repository")

@@ -102,9 +102,10 @@ def test_latency_and_best_seconds_time_what_they_are_given():
     t = latency(lambda s, e: (calls.append((s, e)), time.sleep(0.002)), n_rows=10, batch=4, min_seconds=0.0,
                 max_calls=50, min_calls=5)
     assert t["calls"] == 5 and calls[:3] == [(0, 4), (4, 8), (2, 6)]  # consecutive slices, wrapped
-    assert 2 <= t["p50_ms"] <= t["p99_ms"] and t["qps"] == pytest.approx(4 / (t["p50_ms"] / 1e3), rel=0.5)
+    # bounds that hold however loaded the machine is: every call sleeps at least 2 ms
+    assert 2 <= t["p50_ms"] <= t["p99_ms"] and 0 < t["qps"] <= 4 / 0.002
     synced = []
-    assert 0.002 <= best_seconds(lambda: time.sleep(0.002), repeats=3, sync=lambda: synced.append(1)) < 0.1
+    assert 0.002 <= best_seconds(lambda: time.sleep(0.002), repeats=3, sync=lambda: synced.append(1))
     assert len(synced) == 4  # the warm-up call is synchronised too
 
 

@@ -303,3 +303,20 @@ def test_a_padded_catalogue_in_shards_serves_through_the_ensemble(tiny_trained, 
         got = c.infer(user_requests(ml100k, np.arange(16), c.history_length, c.input_names))
     assert (got.deployment == 1).all() and np.isfinite(got[2]).all()
     assert set(np.asarray(got[0]).ravel().tolist()) <= set(ids)
+
+
+def test_the_export_command_builds_a_sharded_repository(tiny_trained, tmp_path, capsys):
+    """`python -m export repository --shards 2` (what `make repository SHARDS=2` runs), and a
+    shard count the catalogue cannot hold refused with the constraint."""
+    from export.__main__ import main
+    _, _, out, _ = tiny_trained
+    with pytest.raises(SystemExit, match="--shards: must be >= 1"):
+        main(["repository", "--checkpoint", str(out / "best.pt"), "--shards", "0",
+              "--repository", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="k1 \\+ history"):
+        main(["onnx", "--checkpoint", str(out / "best.pt"), "--shards", "40", "--out", str(tmp_path / "o40")])
+    assert main(["repository", "--checkpoint", str(out / "best.pt"), "--shards", "2", "--out", str(tmp_path / "onnx"),
+                 "--repository", str(tmp_path / "repo")]) == 0
+    assert "item table in 2 shards" in capsys.readouterr().out
+    assert repository_shards(tmp_path / "repo") == 2
+    assert all((tmp_path / "repo" / m / "1" / "model.onnx").exists() for m in mips_models(2))
