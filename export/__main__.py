@@ -12,9 +12,12 @@ def _export(checkpoint: str, out: Path, users: int, seed: int, serving: dict | N
     """Export + Polygraphy parity on real users, printed; exits non-zero on a mismatch."""
     from .build import export_checkpoint
     t0 = time.time()
+    from grank.cli import InputError
     try:
         ex = export_checkpoint(checkpoint, out, users, seed, serving=serving, shards=shards)
-    except ValueError as e:
+    except InputError:
+        raise  # grank.cli.run prints it and exits 2
+    except ValueError as e:  # e.g. more shards than the catalogue can hold
         raise SystemExit(f"error: {e}")
     for name, p in ex.paths.items():
         status = "parity OK" if not ex.problems[name] else f"{len(ex.problems[name])} PROBLEMS"
