@@ -6,7 +6,7 @@ from pathlib import Path
 
 from grank.checkpoint import check_data, load_checkpoint
 from grank.data import Interactions, load
-from grank.signatures import MIPS, takes_request_time
+from grank.signatures import shard_count, takes_request_time
 from grank.validation import limits_dict
 
 from .onnx_models import PROTOBUF_LIMIT, export_all, graphs
@@ -52,7 +52,7 @@ def build_repository(ex: Exported, repository, version: int = 1, force: bool = F
         raise ValueError("refusing to build a repository from ONNX files that failed the parity check")
     schema = ex.ck["dataset"]
     limits = limits_dict(schema, ex.cfg.model.ranker_history, takes_request_time(ex.cfg))
-    shards = sum(1 for m in ex.paths if m.startswith(MIPS + "_shard")) or 1
+    shards = shard_count(ex.paths)
     serving = serving or Serving(shards=shards)
     if serving.shards != shards:
         raise ValueError(f"serving.shards: {serving.shards}, but the graphs were exported in {shards} shards")

@@ -22,18 +22,12 @@ from grank.batches import eval_inputs, eval_times
 from grank.data import split as make_split
 from grank.mips import topk_disagreements
 from grank.signatures import (MIPS, MIPS_MERGE, RANKED_IDS, RANKER, REQUEST_TIME, USER_ENCODER,
-                              mips_shard, signatures, takes_request_time)
+                              shard_count, shard_of, signatures, takes_request_time)
 
 ATOL = {"user_embedding": 1e-4, "candidate_scores": 1e-3, "scores": 1e-3}
 RTOL = {"user_embedding": 1e-4, "candidate_scores": 0.0, "scores": 0.0}
 TOPK = {MIPS: ("candidate_ids", "candidate_scores"), MIPS_MERGE: ("candidate_ids", "candidate_scores"),
         RANKER: (RANKED_IDS, "scores")}
-
-
-def shard_of(name: str) -> int | None:
-    """The shard number of a MIPS shard model's name, else None."""
-    prefix = mips_shard(0)[:-1]
-    return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() else None
 
 
 def _output_key(model: str, tensor: str) -> str:
@@ -92,7 +86,7 @@ def check_onnx(paths: dict, cfg, schema: dict, arrays: dict, save_dir: Path | No
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR if quiet else G_LOGGER.INFO
-    sigs = signatures(cfg, schema, sum(shard_of(n) is not None for n in paths) or 1)
+    sigs = signatures(cfg, schema, shard_count(paths))
     problems = {}
     for name, path in paths.items():
         sig = sigs[name]

@@ -32,6 +32,7 @@ with that many GPUs.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from grank.config import Config
 from grank.signatures import (CATALOGUE, DEPLOYMENT, ENSEMBLE, MIPS, MIPS_MERGE, PADDING,
                               PYTHON_MODELS, RANKED_IDS, RANKER, USER_ENCODER, VALIDATE,
                               VALIDATED_PREFIX, Signature, id_dtype, mips_models, mips_shard,
-                              onnx_models, signatures)
+                              onnx_models, shard_count, shard_of, signatures)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "model_repository"
@@ -254,13 +255,13 @@ def repository_shards(repo: Path) -> int:
     """How many shards the item table of the repository ``repo`` is served in (its ensemble's
     steps say)."""
     text = (Path(repo) / ENSEMBLE / "config.pbtxt").read_text()
-    return text.count(f'model_name: "{mips_shard(0)[:-1]}') or 1
+    return shard_count(re.findall(r'model_name: "([^"]+)"', text))
 
 
 def other_layout(repo: Path, shards: int) -> list[str]:
     """MIPS-stage model folders in ``repo`` that a repository of ``shards`` shards does not
     have (left by a build with another shard count)."""
-    every = {MIPS, MIPS_MERGE} | {p.name for p in Path(repo).glob(mips_shard(0)[:-1] + "*")}
+    every = {MIPS, MIPS_MERGE} | {p.name for p in Path(repo).glob("*") if shard_of(p.name) is not None}
     return sorted(m for m in every if (Path(repo) / m).is_dir() and m not in mips_models(shards))
 
 

@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 
-from .config import PRESETS, VARIANTS, make_config, parse_override
+from .config import PRESETS, VARIANTS, parse_override
 from .data import BUILTIN
 
 

@@ -52,6 +52,18 @@ def mips_shard(s: int) -> str:
     return f"{MIPS}_shard{s}"
 
 
+def shard_of(name: str) -> int | None:
+    """The shard number of a MIPS shard model's name (``mips_shard``), else None."""
+    prefix = mips_shard(0)[:-1]
+    rest = name[len(prefix):]
+    return int(rest) if name.startswith(prefix) and rest.isdigit() else None
+
+
+def shard_count(names) -> int:
+    """How many shards the MIPS stage of these model names has (1: one ``grank_mips``)."""
+    return sum(shard_of(n) is not None for n in names) or 1
+
+
 def mips_models(shards: int = 1) -> tuple:
     """The models of the MIPS stage: ``grank_mips`` alone, or S shards and their merge."""
     if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from grank.signatures import MIPS, MIPS_MERGE, shard_of
+
 # The p99 latency target of capacity planning (`make plan P99_MS=50`, the README's planner
 # example): what a row must meet to count as usable throughput.
 BUDGET_MS = 50.0
@@ -88,9 +90,9 @@ def sharded_markdown(closed: dict) -> list[str]:
         best, peak = best_within(rs), max(rs, key=lambda r: r["qps"])
         one = min(rs, key=lambda r: r["load"])
         top = max(rs, key=lambda r: r["load"])["models"]
-        scans = [v for k, v in top.items() if k == "grank_mips" or k.startswith("grank_mips_shard")]
+        scans = [v for k, v in top.items() if k == MIPS or shard_of(k) is not None]
         mean = lambda key: sum(v[key] for v in scans) / len(scans) if scans else float("nan")  # noqa: E731
-        merge = top.get("grank_mips_merge", {}).get("compute_infer_ms")
+        merge = top.get(MIPS_MERGE, {}).get("compute_infer_ms")
         rk = top.get("grank_ranker", {}).get("compute_infer_ms")
         lines.append(f"| {n:,} | {shards} | {proto} | "
                      + (f"{best['qps']:.1f} ({best['load']:g})" if best else "none")

@@ -66,3 +66,26 @@ def triton_server(tmp_path_factory, tiny_repository):
     yield server
     server.stop()
     assert server.proc.returncode is not None
+
+
+@pytest.fixture
+def interrupt_at_epoch_2(monkeypatch):
+    """``run(call)``: run a training call that is interrupted (KeyboardInterrupt) as its second
+    epoch starts, after epoch 1's checkpoints are written."""
+    import grank.train as T
+
+    def run(call):
+        calls, real = {"n": 0}, T.epoch_samples
+
+        def flaky(*a, **k):  # call 1 sizes the schedule, call 2 is epoch 1, call 3 is epoch 2
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        monkeypatch.setattr(T, "epoch_samples", flaky)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                call()
+        finally:
+            monkeypatch.setattr(T, "epoch_samples", real)
+    return run

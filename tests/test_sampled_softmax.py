@@ -186,23 +186,12 @@ def test_a_format_3_checkpoint_is_upgraded_to_how_it_was_trained(tiny_trained, m
         check_version(3, "train.json")
 
 
-def test_an_interrupted_format_3_run_resumes_identically(tiny_trained, ml100k, tiny_cfg, tmp_path, monkeypatch):
+def test_an_interrupted_format_3_run_resumes_identically(tiny_trained, ml100k, tiny_cfg, tmp_path,
+                                                        interrupt_at_epoch_2):
     """A run interrupted after epoch 1 under format 3 finishes under format 4 exactly as the
     uninterrupted run (tiny_trained) did."""
     _, _, _, straight = tiny_trained
-    calls = {"n": 0}
-    real = T.epoch_samples
-
-    def flaky(*a, **k):  # call 1 sizes the schedule, call 2 is epoch 1, call 3 is epoch 2
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "epoch_samples", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(tiny_cfg, ml100k, tmp_path, progress=False)
-    monkeypatch.setattr(T, "epoch_samples", real)
+    interrupt_at_epoch_2(lambda: T.train(tiny_cfg, ml100k, tmp_path, progress=False))
     for name in ("last.pt", "best.pt"):
         _as_format_3(tmp_path / name, tmp_path / name)
     resumed = T.train(tiny_cfg, ml100k, tmp_path, progress=False)

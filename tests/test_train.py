@@ -68,21 +68,9 @@ def test_training_is_deterministic(ml100k, tiny_cfg, tmp_path):
     assert strip(c["history"]) != strip(a["history"])
 
 
-def test_interrupted_training_resumes_identically(ml100k, tiny_cfg, tmp_path, monkeypatch):
+def test_interrupted_training_resumes_identically(ml100k, tiny_cfg, tmp_path, interrupt_at_epoch_2):
     straight = T.train(tiny_cfg, ml100k, tmp_path / "straight", progress=False)
-    calls = {"n": 0}
-    real = T.epoch_samples
-
-    def flaky(*a, **k):  # call 1 sizes the schedule, call 2 is epoch 1, call 3 is epoch 2
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "epoch_samples", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(tiny_cfg, ml100k, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(T, "epoch_samples", real)
+    interrupt_at_epoch_2(lambda: T.train(tiny_cfg, ml100k, tmp_path / "resumed", progress=False))
     resumed = T.train(tiny_cfg, ml100k, tmp_path / "resumed", progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "sequences_per_s")} for r in h]
     assert strip(resumed["history"]) == strip(straight["history"])
