@@ -79,9 +79,13 @@ def key_args(protocol: str, key: str | None) -> list[str]:
 
 
 def redact(cmd: list[str], key: str | None) -> str:
-    """The command as text to record or print, the key replaced by its variable's name."""
+    """The command as text to record or print: the key replaced by its variable's name, and
+    paths inside the working directory (perf_analyzer in the virtual environment, input data)
+    made relative, so a recorded command runs from any checkout."""
     from serve.admin import KEY_ENV
-    text = shlex.join(cmd)
+    here = Path.cwd()
+    text = shlex.join(os.path.relpath(a, here) if os.path.isabs(a) and Path(a).is_relative_to(here) else a
+                      for a in cmd)
     return text.replace(key, "$" + KEY_ENV) if key else text
 
 

@@ -3,7 +3,7 @@ request, over HTTP JSON, HTTP binary (the KServe binary tensor extension) and gR
 ensemble ``grank`` and at each of its composing models called directly.
 
     python -m serve.badinput --http-url localhost:8000 --grpc-url localhost:8001 --pid PID \
-        [--admin-key-file F] [--markdown OUT.md] [--include-crashers | --crash-recovery N]
+        [--admin-key-file F] [--markdown OUT.md] [--passes N] [--include-crashers | --crash-recovery N]
 
 What the server is expected to do (``EXPECT``) depends on where a request lands:
 
@@ -1377,7 +1377,8 @@ def summary(report: Report) -> str:
 
 def markdown(report: Report) -> str:
     """The table (kind | model | protocol | status | message | verdict) and a summary."""
-    esc = lambda x: str(x).replace("|", "\\|")
+    def esc(x) -> str:
+        return str(x).replace("|", "\\|")
     lines = ["| kind | model | protocol | status | message | verdict |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r.kind} | {r.model} | {r.protocol} | {esc(r.status)} | {esc(r.message)} | {r.verdict} |"
@@ -1396,6 +1397,9 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", default=None, help="write the table and summary here")
     ap.add_argument("--include-crashers", action="store_true",
                     help="also send the kinds that crash Triton 2.51 (a supervised server only)")
+    ap.add_argument("--passes", type=int, default=1, metavar="N",
+                    help="run the suite N times on the same server and print the memory after each "
+                         "pass: whether it comes back to the level the first pass left")
     ap.add_argument("--crash-recovery", type=int, default=0, metavar="N",
                     help="instead: crash a supervised server (python -m serve) N times and time its return")
     a = ap.parse_args(argv)
@@ -1407,13 +1411,23 @@ def main(argv=None) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0 if all(r["identical"] for r in rows) else 1
-    report = run(a.http_url, a.grpc_url, a.pid, headers, a.include_crashers)
+    if a.passes < 1:
+        ap.error(f"--passes must be at least 1, got {a.passes}")
+    reports = []
+    for i in range(a.passes):
+        reports.append(run(a.http_url, a.grpc_url, a.pid, headers, a.include_crashers))
+        if a.passes > 1:
+            m = reports[-1].memory
+            print(f"pass {i + 1}/{a.passes}: memory before {_mb(m['before'])}, peak {_mb(m['peak'])}, "
+                  f"after {_mb(m['after'])}", flush=True)
+    report = reports[0]
     text = markdown(report)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(text)
     print(text if not a.markdown else summary(report))
-    return 1 if report.failed or not (report.alive and report.ready and report.good_identical) else 0
+    bad = [r for r in reports if r.failed or not (r.alive and r.ready and r.good_identical)]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import yaml
 
 from grank.signatures import ENSEMBLE
 
-from .admin import KEY_ENV, MIN_KEY_LENGTH, container_args
+from .admin import KEY_ENV, MALLOC_ENV, MIN_KEY_LENGTH, container_args
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "deploy" / "kubernetes"
@@ -342,7 +342,8 @@ def deployment(v: Values) -> dict:
     o, r, res = v.rollout, v.repository, v.resources
     limits = {"cpu": res.cpu, "memory": res.memory, **({"nvidia.com/gpu": res.gpus} if res.gpus else {})}
     server = {
-        "name": "triton", "image": v.image, "args": server_args(), "env": _key_env(v),
+        "name": "triton", "image": v.image, "args": server_args(),
+        "env": _key_env(v) + [{"name": k, "value": val} for k, val in MALLOC_ENV.items()],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in PORTS.items()],
         # models load before the other probes start: up to startup_timeout_s
         "startupProbe": _probe("/v2/health/ready", 10, math.ceil(o.startup_timeout_s / 10), 5),

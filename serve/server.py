@@ -32,7 +32,7 @@ from pathlib import Path
 
 from grank.signatures import ENSEMBLE
 
-from .admin import is_loopback, server_flags
+from .admin import MALLOC_ENV, is_loopback, server_flags
 
 HERE = Path(__file__).resolve().parent
 # Harmless on a CPU machine (ENVIRONMENT.md); filtered out of the log excerpt shown on failure.
@@ -93,6 +93,8 @@ def server_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join([site] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")  # Triton runs several model instances side by side
+    for k, v in MALLOC_ENV.items():     # memory returns after large requests (serve.admin)
+        env.setdefault(k, v)
     return env
 
 

@@ -1,8 +1,10 @@
 """The bad-input suite (``serve.badinput``) against the real server (session-scoped fixture
 ``triton_server``, tiny repository): every kind over every protocol it names gets the answer its
-expected outcome allows, and the server survives all of them unchanged, in bounded memory.
+expected outcome allows, and the server survives all of them unchanged, its memory coming back
+to its level.
 
-The suite runs once for the module; the tests below read its report. The table is printed in
+The suite runs twice for the module (the second pass measures whether memory comes back to the
+level the first one left); the tests below read the first pass's report. The table is printed in
 full whenever a check fails, so that a reader sees which kind got which answer.
 """
 import warnings
@@ -14,21 +16,31 @@ from serve.admin import headers as admin_headers
 from serve.badinput import EXPECT, KINDS, PROTOCOLS
 
 MB = 2 ** 20
-# Memory bound of the whole suite (tritonserver plus its Python backend stubs, summed VmRSS):
-# the suite's large kinds are of fixed size (three ~10 MB bodies, four requests with a 2 MB id),
-# and tritonserver's allocator keeps what they needed for reuse rather than returning it. On a
-# fresh tiny-model server on a 2-core CPU (2026-12-06) the first run grew 555 -> 666 MB
-# (+111 MB, almost all of it tritonserver itself: 42 -> 131 MB, the huge request id over HTTP
-# JSON alone +49 MB; each stub +4 to +10 MB), a second run +21 MB and a third +11 MB: a plateau,
-# not a leak. +200 MB leaves room for allocator noise and still catches a leak per request (the
-# suite sends about 200 requests, several of them megabytes each).
-MAX_GROWTH_BYTES = 200 * MB
+# Memory of tritonserver plus its Python backend stubs (summed VmRSS), with the malloc settings
+# every deployment uses (serve.admin.MALLOC_ENV). The first pass of the suite raises it once (the
+# stubs' shared-memory regions grow to the largest request they carried, ONNX Runtime's arenas
+# and Python's caches fill); every later pass must come back near the level the first one left.
+# Tiny-model server on the 2-core CPU, 2026-12-06, three runs: the first pass +35 to +38 MB, the
+# second +18 to +21 MB; with glibc's default settings +108 and +31 MB (and on the ML-1M model,
+# docs/RELIABILITY.md: +186 MB over seven passes after the first, still climbing, against +52 MB
+# levelling off with the settings).
+# The bounds catch the settings not reaching the server, and a leak per request.
+MAX_FIRST_PASS_GROWTH = 96 * MB
+MAX_LATER_PASS_GROWTH = 48 * MB
 
 
 @pytest.fixture(scope="module")
-def report(triton_server):
-    return badinput.run(triton_server.http_url, triton_server.grpc_url, server_pid=triton_server.proc.pid,
-                        headers=admin_headers("http", triton_server.admin_key) or None)
+def passes(triton_server):
+    """The suite run twice on the same server: the second pass measures the level."""
+    def run():
+        return badinput.run(triton_server.http_url, triton_server.grpc_url, server_pid=triton_server.proc.pid,
+                            headers=admin_headers("http", triton_server.admin_key) or None)
+    return run(), run()
+
+
+@pytest.fixture(scope="module")
+def report(passes):
+    return passes[0]
 
 
 def _table(report) -> str:
@@ -73,14 +85,22 @@ def test_the_good_request_answers_identically_after_every_kind(report):
     assert report.good_identical, f"changed after {report.good_changed_after}" + _table(report)
 
 
-def test_memory_stays_bounded(report):
-    m = report.memory
-    assert m["before"] and m["peak"] and m["after"], m
-    assert m["before"] <= m["peak"] and m["after"] <= m["peak"], m
-    growth = m["after"] - m["before"]
-    assert growth <= MAX_GROWTH_BYTES, (
-        f"RSS grew {growth / MB:.1f} MB (before {m['before'] / MB:.1f}, peak {m['peak'] / MB:.1f}, "
-        f"after {m['after'] / MB:.1f}); largest step {report.largest_growth}" + _table(report))
+def test_memory_returns_to_its_level_after_the_first_pass(passes):
+    first, second = (p.memory for p in passes)
+    for m in (first, second):
+        assert m["before"] and m["peak"] and m["after"], m
+        assert m["before"] <= m["peak"] and m["after"] <= m["peak"], m
+    grew = first["after"] - first["before"]
+    again = second["after"] - first["after"]
+    print(f"bad-input memory: {first['before'] / MB:.0f} MB before, {first['after'] / MB:.0f} after the "
+          f"first pass ({grew / MB:+.0f}), {second['after'] / MB:.0f} after the second ({again / MB:+.0f}), "
+          f"peak {second['peak'] / MB:.0f}")
+    assert grew <= MAX_FIRST_PASS_GROWTH, (
+        f"the first pass grew RSS by {grew / MB:.1f} MB; largest step {passes[0].largest_growth}"
+        + _table(passes[0]))
+    assert again <= MAX_LATER_PASS_GROWTH, (
+        f"the second pass grew RSS by {again / MB:.1f} MB beyond the first one's level; largest step "
+        f"{passes[1].largest_growth}" + _table(passes[1]))
 
 
 def test_no_kind_gets_a_wrong_answer_or_a_server_error(report):

@@ -244,3 +244,15 @@ def test_report_command_renders_every_section_from_the_rows(tmp_path, capsys):
     assert "## MIPS stage on a GPU: Fake GPU" in md and "| default | grpc | 1,000 |" in md
     assert md.count(MARKER) == 1
     assert json.loads((tmp_path / "performance.json").read_text()) == perf  # rows read, never written
+
+
+def test_recorded_commands_hide_the_key_and_this_checkout_s_paths(monkeypatch, tmp_path):
+    from perf.sweep import redact
+    monkeypatch.chdir(tmp_path)
+    cmd = [str(tmp_path / ".venv" / "bin" / "perf_analyzer"), "-m", "grank", "--input-data",
+           str(tmp_path / "artifacts" / "in.json"), "-H", "grank-admin-key:s3cret-key-0123456789",
+           "--other", "/etc/hosts"]
+    shown = redact(cmd, "s3cret-key-0123456789")
+    assert shown.startswith(".venv/bin/perf_analyzer -m grank --input-data artifacts/in.json ")
+    assert "s3cret" not in shown and "grank-admin-key:$GRANK_ADMIN_KEY" in shown
+    assert str(tmp_path) not in shown and "/etc/hosts" in shown     # outside the checkout: kept

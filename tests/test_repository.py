@@ -8,7 +8,7 @@ import json
 
 from export.repository import COMMITTED, build, config_drift, model_configs, served_schema
 from grank.config import make_config, served_config
-from grank.signatures import ENSEMBLE, ONNX_MODELS, PYTHON_MODELS, VALIDATE, signatures
+from grank.signatures import ENSEMBLE, ONNX_MODELS, PYTHON_MODELS, signatures
 
 CFG = served_config(make_config("default", "grank"))  # the shape the repository serves
 MODELS = ONNX_MODELS + PYTHON_MODELS + (ENSEMBLE,)
