@@ -41,7 +41,7 @@ def run(repository: Path, out: Path, minutes: float = 10.0, concurrency: int = 1
     from grank.data import load
     from serve.server import TritonServer
 
-    from .sweep import perf_analyzer_bin, perf_env, read_csv, write_input_data
+    from .sweep import perf_analyzer_bin, perf_env, read_csv, redact, write_input_data
     out = Path(out)
     repo = out / "repository"
     shutil.rmtree(repo, ignore_errors=True)
@@ -56,7 +56,8 @@ def run(repository: Path, out: Path, minutes: float = 10.0, concurrency: int = 1
         base = [str(perf_analyzer_bin()), "-m", ENSEMBLE, "-u", url, "-i", protocol, "--input-data", str(data),
                 "--concurrency-range", str(concurrency), "--stability-percentage", "999", "--max-trials", "3",
                 "--measurement-interval", "20000"]
-        log(f"{minutes:g} runs of 1 minute at concurrency {concurrency}: {' '.join(base)} -f minute-N.csv")
+        shown = redact(base, None) + " -f minute-N.csv"
+        log(f"{minutes:g} runs of 1 minute at concurrency {concurrency}: {shown}")
         start = time.time()
         memory0 = stub_rss_mb(server.proc.pid)
         for i in range(int(minutes)):
@@ -75,6 +76,6 @@ def run(repository: Path, out: Path, minutes: float = 10.0, concurrency: int = 1
         server.stop()
     report = {"minutes": round((time.time() - start) / 60, 2), "concurrency": concurrency, "protocol": protocol,
               "failed_minutes": sum(r["exit"] != 0 for r in rows), "start_total_mb": round(sum(memory0.values()), 1),
-              "per_minute": rows, "command": " ".join(base) + " -f minute-N.csv"}
+              "per_minute": rows, "command": shown}
     (out / "soak.json").write_text(json.dumps(report, indent=1))
     return report

@@ -78,14 +78,23 @@ def key_args(protocol: str, key: str | None) -> list[str]:
     return [a for k, v in headers(protocol, key).items() for a in ("-H", f"{k}:{v}")]
 
 
+def portable(cmd: str) -> str:
+    """A recorded command without this machine's directories: paths under the working directory
+    become relative, other absolute paths (the venv's binary, temporary folders) their name."""
+    root = str(Path.cwd()) + "/"
+
+    def one(w: str) -> str:
+        if w.startswith(root):
+            return w[len(root):]
+        return Path(w).name if w.startswith("/") else w
+    return " ".join(one(w) for w in cmd.split())
+
+
 def redact(cmd: list[str], key: str | None) -> str:
-    """The command as text to record or print: the key replaced by its variable's name, and
-    paths inside the working directory (perf_analyzer in the virtual environment, input data)
-    made relative, so a recorded command runs from any checkout."""
+    """The command as text to record or print: the key replaced by its variable's name, and no
+    directory of this machine (``portable``), so a recorded command runs from any checkout."""
     from serve.admin import KEY_ENV
-    here = Path.cwd()
-    text = shlex.join(os.path.relpath(a, here) if os.path.isabs(a) and Path(a).is_relative_to(here) else a
-                      for a in cmd)
+    text = portable(shlex.join(cmd))
     return text.replace(key, "$" + KEY_ENV) if key else text
 
 

@@ -194,18 +194,6 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     return found
 
 
-def portable(cmd: str) -> str:
-    """A recorded command without this machine's directories: paths under the working directory
-    become relative, other absolute paths (the venv's binary, temporary folders) their name."""
-    root = str(Path.cwd()) + "/"
-
-    def one(w: str) -> str:
-        if w.startswith(root):
-            return w[len(root):]
-        return Path(w).name if w.startswith("/") else w
-    return " ".join(one(w) for w in cmd.split())
-
-
 def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_items: int,
                 concurrency: str | None = "1:9:2", request_rate: str | None = None,
                 interval_ms: int = 3000, stability: int = 25, log=print, shape: dict | None = None) -> list[dict]:
@@ -229,7 +217,7 @@ def run_variant(name: str, repo: Path, protocol: str, out: Path, client_data, n_
                      "load_kind": r["load_kind"], "load": r["load"], "qps": round(r["qps"], 1),
                      **{p: round(r[p], 2) for p in ("p50_ms", "p95_ms", "p99_ms")},
                      "models": breakdown.get(r["load"], {}), **(shape or {}),
-                     "command": portable(res["command"])})
+                     "command": res["command"]})
     return rows
 
 
