@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .blend import applies as blend_applies
-from .checkpoint import check_version, load_checkpoint
+from .checkpoint import check_version, load_checkpoint, upgrade
 from .config import Config, effective_dict
 from .data import configure, pinterest20_negatives, split as make_split
 from .evaluate import evaluate_model, evaluate_popularity, evaluate_sampled
@@ -63,7 +63,8 @@ def run_row(row: str, preset: str, seed: int, artifacts: Path, overrides: dict, 
     summary_path = out / "train.json"
     stale = True
     if summary_path.exists() and not retrain:
-        summary = json.loads(summary_path.read_text())
+        # a summary of an older format that UPGRADES knows reads as its checkpoint does
+        summary = upgrade(json.loads(summary_path.read_text()), n_items=data.n_items)
         check_version(summary.get("format_version"), str(summary_path),
                       fix="--retrain trains the row again, or use another --artifacts")
         stale = effective_dict(Config.from_dict(summary["config"])) != effective_dict(cfg)

@@ -200,6 +200,24 @@ def test_an_interrupted_format_3_run_resumes_identically(tiny_trained, ml100k, t
     assert read(tmp_path / "last.pt")["format_version"] == FORMAT_VERSION
 
 
+def test_results_reuse_a_format_3_row(tiny_trained, tmp_path):
+    """`grank results` reads a row trained under format 3 (its train.json and best.pt) as the
+    format-4 row it upgrades to: reused, not refused and not retrained."""
+    from grank.report import run_dir, run_row
+    _, _, out, summary = tiny_trained
+    row = run_dir(tmp_path, "ml-100k", "tiny", "grank")   # the tiny preset's data set
+    row.mkdir(parents=True)
+    _as_format_3(out / "best.pt", row / "best.pt")
+    old = json.loads(json.dumps(summary))
+    for k in NTP_KEYS:
+        old["config"]["train"].pop(k)
+    old["format_version"] = 3
+    (row / "train.json").write_text(json.dumps(old))
+    result = run_row("grank", "tiny", 0, tmp_path, {}, retrain=False)
+    assert json.loads((row / "train.json").read_text())["history"] == summary["history"]  # not retrained
+    assert not (row / "last.pt").exists() and result["train_seconds"] == summary["train_seconds"]
+
+
 def test_synthetic_catalogues_of_any_size():
     from grank.data import build, fingerprint, synthetic_size
     assert [synthetic_size(n) for n in ("synthetic-2500", "synthetic-10k", "synthetic-1m", "synthetic", "synthetic-0")] \
