@@ -78,23 +78,28 @@ def key_args(protocol: str, key: str | None) -> list[str]:
     return [a for k, v in headers(protocol, key).items() for a in ("-H", f"{k}:{v}")]
 
 
-def portable(cmd: str) -> str:
-    """A recorded command without this machine's directories: paths under the working directory
-    become relative, other absolute paths (the venv's binary, temporary folders) their name."""
+def portable(args: list[str]) -> list[str]:
+    """Arguments without this machine's directories: paths under the working directory become
+    relative, other absolute paths (the venv's binary, temporary folders) their name; also the
+    path of a ``--flag=/path`` argument."""
     root = str(Path.cwd()) + "/"
 
-    def one(w: str) -> str:
-        if w.startswith(root):
-            return w[len(root):]
-        return Path(w).name if w.startswith("/") else w
-    return " ".join(one(w) for w in cmd.split())
+    def one(a: str) -> str:
+        flag, eq, value = a.partition("=") if a.startswith("--") else ("", "", a)
+        if value.startswith(root):
+            value = value[len(root):]
+        elif value.startswith("/"):
+            value = Path(value).name
+        return flag + eq + value
+    return [one(a) for a in args]
 
 
 def redact(cmd: list[str], key: str | None) -> str:
     """The command as text to record or print: the key replaced by its variable's name, and no
     directory of this machine (``portable``), so a recorded command runs from any checkout."""
     from serve.admin import KEY_ENV
-    text = portable(shlex.join(cmd))
+    text = shlex.join(portable(cmd))
+    # after quoting, so that the shell expands the variable (a key has no character shlex quotes)
     return text.replace(key, "$" + KEY_ENV) if key else text
 
 

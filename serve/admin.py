@@ -105,8 +105,10 @@ MAX_HTTP_INPUT_BYTES = 16 << 20  # a full batch of 256 JSON requests of 256 stri
 # fixed threshold hands large blocks back to the kernel when they are freed; two arenas bound
 # the rest. Measured in docs/RELIABILITY.md ("Bad input"): over eight passes of the bad-input
 # suite the ML-1M server went from 706 MB after the first pass to 892 MB with glibc's defaults,
-# and from 646 to 698 MB with these (the last three passes level), at the same throughput. A
-# value already in the environment wins (as does an allocator preloaded with LD_PRELOAD).
+# and from 646 to 698 MB with these (the last three passes level), at the same throughput on 2
+# cores (not measured on many cores, where two arenas may contend; the threshold alone keeps most
+# of the effect). For python -m serve and the container command a value already in the
+# environment wins; the Kubernetes Deployment sets them (kubectl set env changes them).
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
@@ -126,7 +128,7 @@ def container_command(repository: str = "/models") -> str:
     """A shell command for the container that refuses to start without the key."""
     args = " ".join(container_args(repository))
     # set -f: no globbing of --load-model=*
-    malloc = " ".join(f"{k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items())
+    malloc = " ".join(f'{k}="${{{k}:-{v}}}"' for k, v in MALLOC_ENV.items())
     return (f'set -f; test ${{#{KEY_ENV}}} -ge {MIN_KEY_LENGTH} || {{ echo "{KEY_ENV}: set a management key of at '
             f'least {MIN_KEY_LENGTH} characters" >&2; exit 2; }}; export {malloc}; exec {args}')
 

@@ -1413,6 +1413,8 @@ def main(argv=None) -> int:
         return 0 if all(r["identical"] for r in rows) else 1
     if a.passes < 1:
         ap.error(f"--passes must be at least 1, got {a.passes}")
+    if a.passes > 1 and a.include_crashers:
+        ap.error("--passes N > 1 measures one server's memory across passes; --include-crashers restarts it")
     reports = []
     for i in range(a.passes):
         reports.append(run(a.http_url, a.grpc_url, a.pid, headers, a.include_crashers))
@@ -1426,7 +1428,9 @@ def main(argv=None) -> int:
         with open(a.markdown, "w") as f:
             f.write(text)
     print(text if not a.markdown else summary(report))
-    bad = [r for r in reports if r.failed or not (r.alive and r.ready and r.good_identical)]
+    bad = [i for i, r in enumerate(reports) if r.failed or not (r.alive and r.ready and r.good_identical)]
+    for i in (i for i in bad if i > 0):     # the first pass's summary is printed above
+        print(f"pass {i + 1}:\n{summary(reports[i])}")
     return 1 if bad else 0
 
 

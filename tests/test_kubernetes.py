@@ -132,7 +132,7 @@ def test_every_way_of_running_the_server_uses_the_same_malloc_settings(monkeypat
     for k, v in admin.MALLOC_ENV.items():
         monkeypatch.delenv(k, raising=False)
         assert server_env()[k] == v                                         # python -m serve
-        assert f"{k}=${{{k}:-{v}}}" in admin.container_command()             # the container
+        assert f'{k}="${{{k}:-{v}}}"' in admin.container_command()           # the container
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert server_env()["MALLOC_ARENA_MAX"] == "8"                          # the operator's value wins
 

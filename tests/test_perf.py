@@ -2,6 +2,7 @@
 log, exact command and plot behind; tune records its rows; the report rewrites only the
 generated part of PERFORMANCE.md."""
 import json
+import shlex
 
 import pytest
 
@@ -251,8 +252,9 @@ def test_recorded_commands_hide_the_key_and_this_checkout_s_paths(monkeypatch, t
     monkeypatch.chdir(tmp_path)
     cmd = [str(tmp_path / ".venv" / "bin" / "perf_analyzer"), "-m", "grank", "--input-data",
            str(tmp_path / "artifacts" / "in.json"), "-H", "grank-admin-key:s3cret-key-0123456789",
-           "--other", "/etc/hosts"]
+           "--other", "/etc/hosts", f"--csv={tmp_path}/a b/out.csv", "--json", '{"a": 1,  "b": 2}']
     shown = redact(cmd, "s3cret-key-0123456789")
     assert shown.startswith(".venv/bin/perf_analyzer -m grank --input-data artifacts/in.json ")
-    assert "s3cret" not in shown and "grank-admin-key:$GRANK_ADMIN_KEY" in shown
-    assert str(tmp_path) not in shown and shown.endswith("--other hosts")   # elsewhere: its name
+    assert "s3cret" not in shown and " grank-admin-key:$GRANK_ADMIN_KEY " in shown   # the shell expands it
+    assert str(tmp_path) not in shown and "--other hosts" in shown                    # elsewhere: its name
+    assert shlex.split(shown)[-3:] == ["--csv=a b/out.csv", "--json", '{"a": 1,  "b": 2}']  # arguments intact
