@@ -226,14 +226,21 @@ class RankerTopK(nn.Module):
         return _flag(ok & _rows_finite(scores), ids, scores)
 
 
+def mips_stage(model: GRank, table: torch.Tensor, k1: int, shards: int = 1) -> dict[str, nn.Module]:
+    """The MIPS stage's graphs over ``table`` [N+1, d] by served model name: one ``MipsTopK``,
+    or ``shards`` of them and their merge when > 1."""
+    bound = embedding_bound(model)
+    if shards == 1:
+        return {MIPS: MipsTopK(table, k1, model.cfg.tau, max_abs=bound).eval()}
+    return mips_shards(table, k1, model.cfg.tau, shards, bound, k1 + model.cfg.ranker_history)
+
+
 def graphs(model: GRank, k1: int, k2: int, shards: int = 1) -> dict[str, nn.Module]:
     """The exported graphs by served model name, in eval mode (the MIPS stage split into
     ``shards`` when > 1)."""
     model.eval()
-    table, bound = model.item_vectors().detach(), embedding_bound(model)
-    mips = ({MIPS: MipsTopK(table, k1, model.cfg.tau, max_abs=bound).eval()} if shards == 1 else
-            mips_shards(table, k1, model.cfg.tau, shards, bound, k1 + model.cfg.ranker_history))
-    return {USER_ENCODER: UserEncoder(model).eval(), **mips, RANKER: RankerTopK(model, k2).eval()}
+    return {USER_ENCODER: UserEncoder(model).eval(), **mips_stage(model, model.item_vectors().detach(), k1, shards),
+            RANKER: RankerTopK(model, k2).eval()}
 
 
 def example_inputs(sig: Signature, arrays: dict[str, np.ndarray]) -> tuple:

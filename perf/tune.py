@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from export.repository import Serving, other_layout, write_configs
-from grank.signatures import CATALOGUE, MIPS, RANKER, VALIDATE, mips_models
+from grank.signatures import CATALOGUE, RANKER, VALIDATE, mips_models
 
 # One change at a time. Round 1 against the first committed setting (ONNX Runtime's default
 # threads = every core, 100 us batching delay); round 2 against its winner, one intra-op thread
@@ -155,8 +155,7 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     the export's own parity check. Returns {shard count: {model name: onnx path}}."""
     import torch
 
-    from export.onnx_models import (MipsTopK, RankerTopK, UserEncoder, embedding_bound, export_one,
-                                    mips_shards)
+    from export.onnx_models import RankerTopK, UserEncoder, export_one, mips_stage
     from export.parity import check_onnx, pipeline_arrays, real_inputs
     from grank.data import load
     from grank.signatures import USER_ENCODER, signatures
@@ -172,12 +171,10 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
     del extra
     ranker = RankerTopK(model, cfg.eval.k2).eval()
     ranker.item_vectors = table  # the buffer the Ranker gathers candidates from
-    bound, inputs = embedding_bound(model), real_inputs(load(cfg.dataset), cfg, 16, seed)
+    inputs = real_inputs(load(cfg.dataset), cfg, 16, seed)
     found, ranker_path = {}, None
     for s in shards:
-        mips = ({MIPS: MipsTopK(table, cfg.eval.k1, model.cfg.tau, max_abs=bound).eval()} if s == 1 else
-                mips_shards(table, cfg.eval.k1, model.cfg.tau, s, bound, cfg.eval.k1 + cfg.model.ranker_history))
-        graphs = {USER_ENCODER: UserEncoder(model).eval(), **mips, RANKER: ranker}
+        graphs = {USER_ENCODER: UserEncoder(model).eval(), **mips_stage(model, table, cfg.eval.k1, s), RANKER: ranker}
         arrays = pipeline_arrays(graphs, inputs)
         sigs = signatures(cfg, ck["dataset"], s)
         d = out / f"shards{s}"
@@ -190,7 +187,7 @@ def big_catalogue_models(checkpoint: str, n_items: int, out: Path, seed: int = 0
         if bad:
             raise RuntimeError(f"{n_items:,}-item graphs in {s} shards disagree with PyTorch: {bad}")
         found[s] = paths
-        del mips, graphs
+        del graphs
     return found
 
 
